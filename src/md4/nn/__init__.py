@@ -1,0 +1,1 @@
+"""Denoiser backbones: callables mapping (z_t [B, *shape], t [B]) to logits [B, *shape, V]."""
