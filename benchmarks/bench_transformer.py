@@ -1,0 +1,69 @@
+"""Forward + backward time of the release text8 transformer, float32 vs bf16 autocast.
+
+Usage: python benchmarks/bench_transformer.py [--batch 8] [--seq 256] [--threads 2] [--device cpu]
+Prints a markdown table: median of --repeats timed runs after --warmup untimed ones,
+the two precisions interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from md4.nn import Transformer, TransformerConfig
+
+
+def time_step(model: Transformer, z: torch.Tensor, t: torch.Tensor, bf16: bool) -> float:
+    """Seconds of one forward + backward pass (float32 loss, as in training)."""
+    device = z.device.type
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(z, t)
+    torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), z.flatten()).backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = TransformerConfig.release_text8()
+    model = Transformer(cfg).to(args.device).train()
+    z = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
+    t = torch.rand(args.batch, device=args.device)
+    precisions = {"float32": False, "bf16 autocast": True}
+    times: dict[str, list[float]] = {name: [] for name in precisions}
+    for i in range(args.warmup + args.repeats):  # interleaved, so load drifts hit both alike
+        for name, bf16 in precisions.items():
+            sec = time_step(model, z, t, bf16)
+            if i >= args.warmup:
+                times[name].append(sec)
+    rows = [(name, statistics.median(secs)) for name, secs in times.items()]
+
+    tokens = args.batch * args.seq
+    print(f"release text8 transformer, {model.num_parameters():,} parameters, "
+          f"batch {args.batch} x {args.seq}, device {args.device}, {args.threads} threads\n")
+    print("| precision | fwd+bwd median (s) | tokens/s | speed-up |")
+    print("|---|---:|---:|---:|")
+    for name, sec in rows:
+        print(f"| {name} | {sec:.3f} | {tokens / sec:,.0f} | {rows[0][1] / sec:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

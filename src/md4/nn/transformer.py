@@ -1,0 +1,363 @@
+"""Bidirectional transformer denoiser, following the MD4 release's text network.
+
+Method file (docs/md4-method.md) section 8; Shi et al., NeurIPS 2024 (arXiv 2406.04329):
+RoPE attention without biases, gated MLP ``w2(act(w1 x) * w3 x)`` with hidden size 8d/3
+rounded up to a multiple of 32, time conditioning by adaLN-Zero (Peebles & Xie 2023) on a
+sinusoidal embedding of ``1000 * t``, a final adaLN and a zero-initialised logits layer,
+depth-scaled init, dropout, and an optional small "outside" token embedding (text8).
+
+Contract (docs/architecture.md): ``model(z_t [B, *shape], t [B]) -> logits [B, *shape, V]``;
+the mask id is ``V``, so ``V + 1`` ids are embedded and ``V`` logits are returned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MLP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "glu": torch.sigmoid,
+    "swiglu": F.silu,
+    "geglu": F.gelu,
+}
+TIME_CONDITIONINGS = ("adaln_zero", "none")
+TIME_FREQ_DIM = 256  # width of the sinusoidal time features fed to the time MLP
+INIT_STD = 0.02
+
+
+@dataclass
+class TransformerConfig:
+    """Hyperparameters of :class:`Transformer`; validated on construction."""
+
+    vocab_size: int
+    dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    mlp_type: str = "swiglu"
+    mlp_hidden_multiple: int = 32
+    time_conditioning: str = "adaln_zero"
+    num_classes: int | None = None
+    outside_embed_dim: int | None = None
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    # Optional learned absolute positions (added to RoPE) for sequences up to this length. RoPE alone
+    # cannot tell positions apart in an all-mask input, so position-dependent data (pixels, fixed
+    # layouts) needs it; stationary text does not.
+    max_positions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mlp_type not in MLP_ACTIVATIONS:
+            raise ValueError(
+                f"Unknown mlp_type {self.mlp_type!r}; use one of {sorted(MLP_ACTIVATIONS)}."
+            )
+        if self.time_conditioning not in TIME_CONDITIONINGS:
+            raise ValueError(
+                f"Unknown time_conditioning {self.time_conditioning!r}; "
+                f"use one of {list(TIME_CONDITIONINGS)}."
+            )
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "mlp_hidden_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("num_classes", "outside_embed_dim", "max_positions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or a positive integer, got {value}.")
+        if self.dim % self.n_heads:
+            raise ValueError(
+                f"dim={self.dim} is not divisible by n_heads={self.n_heads}; "
+                "choose dim as a multiple of n_heads."
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"Head dim dim/n_heads={self.head_dim} is odd but RoPE needs it even; "
+                "change dim or n_heads."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        """``8 * dim / 3`` rounded up to a multiple of ``mlp_hidden_multiple`` (method file s.8)."""
+        m = self.mlp_hidden_multiple
+        return m * -(-8 * self.dim // (3 * m))
+
+    @property
+    def conditioned(self) -> bool:
+        """True when blocks use adaLN (time and/or class conditioning present)."""
+        return self.time_conditioning != "none" or self.num_classes is not None
+
+    @classmethod
+    def release_text8(cls, **overrides) -> TransformerConfig:
+        """The release's text8 network (method file s.8-9): 12 x 768, 12 heads, 64-d embedding."""
+        base = cls(
+            vocab_size=27,
+            dim=768,
+            n_layers=12,
+            n_heads=12,
+            outside_embed_dim=64,
+            dropout=0.05,
+            time_conditioning="adaln_zero",
+        )
+        return replace(base, **overrides)
+
+
+def rope_angles(
+    positions: torch.Tensor, head_dim: int, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 ``cos, sin [L, head_dim // 2]`` of rotary embeddings (RoPE, Su et al. 2021)."""
+    inv_freq = theta ** -(
+        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of ``x [..., L, head_dim]`` by the angles of :func:`rope_angles`.
+
+    ``<apply_rope(q)_m, apply_rope(k)_n>`` depends on positions only through ``m - n``.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM) -> torch.Tensor:
+    """Sinusoidal features ``[B, dim]`` of ``1000 * t`` (method file s.8), computed in float32."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
+    args = 1000.0 * t.to(torch.float32)[:, None] * freqs[None, :]
+    return torch.cat((args.cos(), args.sin()), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale, normalising in float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention with a fused qkv projection and RoPE."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
+        self.out = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+class GatedMLP(nn.Module):
+    """``w2(act(w1 x) * w3 x)``: GLU (sigmoid), SwiGLU (SiLU) or GEGLU (GELU); Shazeer 2020."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.act = MLP_ACTIVATIONS[config.mlp_type]
+        self.w1 = nn.Linear(config.dim, config.mlp_hidden, bias=False)
+        self.w3 = nn.Linear(config.dim, config.mlp_hidden, bias=False)
+        self.w2 = nn.Linear(config.mlp_hidden, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.act(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; adaLN-Zero (Peebles & Xie 2023) when conditioned, as in MD4.
+
+    Conditioned: ``x + gate * f(LN(x) * (1 + scale) + shift)`` with affine-free LayerNorm and
+    a zero-initialised modulation, so the block starts as the identity. Otherwise RMSNorm.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.attn = Attention(config)
+        self.mlp = GatedMLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+        if config.conditioned:
+            self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
+            self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
+            self.modulation = nn.Sequential(
+                nn.SiLU(), nn.Linear(config.dim, 6 * config.dim, bias=False)
+            )
+        else:
+            self.norm1 = RMSNorm(config.dim, config.norm_eps)
+            self.norm2 = RMSNorm(config.dim, config.norm_eps)
+            self.modulation = None
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        if self.modulation is None:
+            x = x + self.dropout(self.attn(self.norm1(x), cos, sin))
+            return x + self.dropout(self.mlp(self.norm2(x)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)
+        x = x + gate1 * self.dropout(self.attn(_modulate(self.norm1(x), shift1, scale1), cos, sin))
+        return x + gate2 * self.dropout(self.mlp(_modulate(self.norm2(x), shift2, scale2)))
+
+
+class Transformer(nn.Module):
+    """MD4 bidirectional denoiser: ``(z_t [B, *shape], t [B]) -> logits [B, *shape, V]``.
+
+    Any trailing shape (text ``[B, L]``, pixels ``[B, H, W, C]``) is flattened into one sequence.
+    With ``time_conditioning="none"`` the output ignores ``t`` (``time_independent``), which lets
+    samplers cache logits between steps where nothing was unmasked.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.time_independent = config.time_conditioning == "none"
+        d = config.dim
+
+        if config.outside_embed_dim is None:
+            self.embed = nn.Embedding(config.vocab_size + 1, d)
+        else:
+            self.embed = nn.Sequential(
+                nn.Embedding(config.vocab_size + 1, config.outside_embed_dim),
+                nn.Linear(config.outside_embed_dim, d, bias=False),
+            )
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.position_embed = (
+            None if config.max_positions is None else nn.Embedding(config.max_positions, d)
+        )
+        self.time_mlp = (
+            None
+            if self.time_independent
+            else nn.Sequential(
+                nn.Linear(TIME_FREQ_DIM, d, bias=False), nn.SiLU(), nn.Linear(d, d, bias=False)
+            )
+        )
+        self.class_embed = (
+            None if config.num_classes is None else nn.Embedding(config.num_classes, d)
+        )
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        if config.conditioned:
+            self.final_norm = nn.LayerNorm(d, eps=config.norm_eps, elementwise_affine=False)
+            self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d, bias=False))
+        else:
+            self.final_norm = RMSNorm(d, config.norm_eps)
+            self.final_modulation = None
+        self.logits = nn.Linear(d, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) weights; residual-writing projections scaled by 1/sqrt(2 * n_layers)
+        (depth-scaled init); adaLN modulations and the logits layer zero (adaLN-Zero)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=INIT_STD)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        depth_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out.weight, std=depth_std)
+            nn.init.normal_(block.mlp.w2.weight, std=depth_std)
+            if block.modulation is not None:
+                nn.init.zeros_(block.modulation[-1].weight)
+        if self.final_modulation is not None:
+            nn.init.zeros_(self.final_modulation[-1].weight)
+        nn.init.zeros_(self.logits.weight)
+
+    def num_parameters(self) -> int:
+        """Total number of parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def _condition(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Conditioning ``[B, dim]``: time MLP of sinusoidal(1000 t), plus class embedding."""
+        c = None if self.time_mlp is None else self.time_mlp(timestep_embedding(t))
+        if self.class_embed is not None:
+            e = self.class_embed(labels)
+            c = e if c is None else c + e
+        return c
+
+    def _check_inputs(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> None:
+        batch = z.shape[0] if z.dim() else 0
+        if z.is_floating_point() or z.is_complex() or z.dtype == torch.bool:
+            raise ValueError(
+                f"z must be an integer tensor of token ids, got dtype {z.dtype}; pass a LongTensor."
+            )
+        if z.dim() < 2:
+            raise ValueError(
+                f"z must have shape [B, *shape] with at least 2 dims, got {tuple(z.shape)}; "
+                "add a batch dimension."
+            )
+        if t.shape != (batch,):
+            raise ValueError(
+                f"t must have shape [B]=[{batch}], got {tuple(t.shape)}; pass one time per example."
+            )
+        if self.class_embed is None:
+            if labels is not None:
+                raise ValueError(
+                    "labels were given but the model has no classes; "
+                    "set num_classes in the config or do not pass labels."
+                )
+        elif labels is None or labels.shape != (batch,):
+            got = None if labels is None else tuple(labels.shape)
+            raise ValueError(
+                f"The model is class-conditional (num_classes={self.config.num_classes}) and needs "
+                f"labels of shape [B]=[{batch}], got {got}; pass one class id per example."
+            )
+
+    def forward(
+        self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, *shape, V]`` over the real tokens for every position of ``z``.
+
+        Token ranges are not checked here (that would sync the GPU); the diffusion wrapper does it.
+        """
+        self._check_inputs(z, t, labels)
+        batch, *shape = z.shape
+        ids = z.reshape(batch, -1)
+        if ids.dtype not in (torch.int32, torch.int64):
+            ids = ids.long()
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = self.embed(ids)
+        if self.position_embed is not None:
+            if ids.shape[1] > self.config.max_positions:
+                raise ValueError(
+                    f"The input has {ids.shape[1]} positions but max_positions="
+                    f"{self.config.max_positions}; raise max_positions in the model config."
+                )
+            x = x + self.position_embed(positions)
+        x = self.embed_dropout(x)
+        c = self._condition(t, labels)
+        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        x = self.final_norm(x)
+        if self.final_modulation is not None:
+            shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
+            x = _modulate(x, shift, scale)
+        return self.logits(x).reshape(batch, *shape, self.vocab_size)

@@ -1,0 +1,166 @@
+import math
+
+import pytest
+import torch
+
+from md4.sampling import SAMPLERS, categorical, nucleus, prefix_init, sample, time_grid
+
+
+def _empirical_tv(oracle, tokens):
+    index = (tokens * (3 ** torch.arange(3, -1, -1))).sum(-1)
+    counts = torch.bincount(index, minlength=len(oracle.probs)).double()
+    return 0.5 * float((counts / counts.sum() - oracle.probs).abs().sum())
+
+
+def _tv_tolerance(oracle, n):
+    # E[TV] <= 1/2 sum sqrt(p (1 - p) / n); allow 3x that.
+    return 1.5 * float(torch.sqrt(oracle.probs * (1 - oracle.probs) / n).sum())
+
+
+@pytest.mark.parametrize(
+    "sampler, precision", [("ancestral", "float64"), ("mean", "float64"), ("ancestral", "float32-gumbel")]
+)
+def test_many_steps_reproduce_the_joint(oracle, sampler, precision):
+    n = 20000
+    out = sample(oracle, "linear", (n, 4), 3, num_steps=200, sampler=sampler, precision=precision, seed=0)
+    assert _empirical_tv(oracle, out.tokens) < _tv_tolerance(oracle, n)
+
+
+def test_one_step_gives_the_product_of_marginals_not_the_joint(oracle):
+    """The test above can fail: one step unmasks all tokens independently."""
+    n = 20000
+    out = sample(oracle, "linear", (n, 4), 3, num_steps=1, seed=0)
+    assert _empirical_tv(oracle, out.tokens) > 5 * _tv_tolerance(oracle, n)
+
+
+def test_cosine_grid_and_top_p_one_also_match(oracle):
+    n = 20000
+    out = sample(oracle, "cosine", (n, 4), 3, num_steps=200, grid="cosine", sampler="top_p", top_p=1.0, seed=1)
+    assert _empirical_tv(oracle, out.tokens) < _tv_tolerance(oracle, n)
+
+
+def test_cached_sampler_equals_uncached_with_fewer_calls(oracle):
+    kwargs = dict(num_steps=200, seed=3)
+    cached = sample(oracle, "cosine", (64, 4), 3, time_independent=True, **kwargs)
+    uncached = sample(oracle, "cosine", (64, 4), 3, time_independent=False, **kwargs)
+    assert torch.equal(cached.tokens, uncached.tokens)
+    assert uncached.nfe == 200 and cached.nfe < uncached.nfe
+
+
+def test_cached_sampler_is_exact_for_a_single_sequence(oracle):
+    """Batch of one: at most D + 1 calls for D positions, whatever the number of steps."""
+    out = sample(oracle, "linear", (1, 4), 3, num_steps=10000, seed=0)
+    assert out.nfe <= 5
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_conditioning_tokens_never_change_and_no_mask_left(sampler):
+    calls = []
+
+    def denoiser(z, t):
+        calls.append(t)
+        return torch.randn(*z.shape, 5)
+
+    init = torch.full((8, 12), 5)
+    init[:, 0] = 4
+    init[:, 5] = 2
+    init[:, -1] = 0
+    out = sample(denoiser, "linear", (8, 12), 5, num_steps=7, sampler=sampler, init=init, seed=0)
+    assert torch.all(out.tokens[:, [0, 5, 11]] == torch.tensor([4, 2, 0]))
+    assert out.tokens.max() < 5 and out.tokens.min() >= 0
+    assert out.nfe == len(calls) <= 8
+
+
+def test_prefix_infilling_respects_the_oracle_conditional(oracle):
+    """Prefix [2, 2]: the samples follow p(x_3, x_4 | x_1 = 2, x_2 = 2)."""
+    n = 20000
+    init = prefix_init(torch.tensor([2, 2]), (n, 4), mask_id=3)
+    out = sample(oracle, "linear", (n, 4), 3, num_steps=200, init=init, seed=0)
+    assert torch.all(out.tokens[:, :2] == 2)
+    rows = (oracle.configs[:, :2] == 2).all(-1)
+    cond = oracle.probs[rows] / oracle.probs[rows].sum()
+    index = out.tokens[:, 2] * 3 + out.tokens[:, 3]
+    freq = torch.bincount(index, minlength=9).double() / n
+    assert 0.5 * float((freq - cond).abs().sum()) < 1.5 * float(torch.sqrt(cond * (1 - cond) / n).sum())
+
+
+def test_final_decode_takes_the_argmax():
+    """With two steps on a poly schedule few positions unmask; the rest take argmax mu."""
+    logits = torch.tensor([0.0, 5.0, 1.0])
+    out = sample(lambda z, t: logits.expand(*z.shape, 3), "poly8", (4, 50), 3, num_steps=1, seed=0)
+    assert (out.tokens == 1).float().mean() > 0.95
+
+
+def test_same_seed_same_samples_and_generator_advances():
+    def denoiser(z, t):
+        return torch.linspace(0, 1, 6).expand(*z.shape, 6)
+
+    a = sample(denoiser, "linear", (4, 16), 6, num_steps=10, seed=11)
+    b = sample(denoiser, "linear", (4, 16), 6, num_steps=10, seed=11)
+    assert torch.equal(a.tokens, b.tokens)
+    g = torch.Generator().manual_seed(11)
+    c = sample(denoiser, "linear", (4, 16), 6, num_steps=10, generator=g)
+    d = sample(denoiser, "linear", (4, 16), 6, num_steps=10, generator=g)
+    assert torch.equal(a.tokens, c.tokens) and not torch.equal(c.tokens, d.tokens)
+
+
+def test_time_grids():
+    u = time_grid(4)
+    assert torch.allclose(u, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64))
+    c = time_grid(4, "cosine")
+    assert c[0] == 1 and c[-1] == 0 and torch.all(c[1:] < c[:-1])
+    assert torch.allclose(c[1:-1], torch.cos(math.pi / 2 * (1 - u[1:-1])))
+
+
+def test_categorical_precisions_draw_the_right_frequencies():
+    probs = torch.tensor([[0.7, 0.2, 0.1, 0.0]]).expand(200000, -1)
+    for precision in ("float64", "float32-gumbel"):
+        draws = categorical(probs, torch.Generator().manual_seed(0), precision)
+        freq = torch.bincount(draws, minlength=4).double() / len(draws)
+        assert torch.allclose(freq, probs[0].double(), atol=0.005)
+        assert freq[3] == 0
+
+
+def test_float32_gumbel_truncates_tiny_probabilities():
+    """Max float32 Gumbel noise minus min is < 21.2, so a token 1e-10 times less likely is never drawn."""
+    tiny = torch.finfo(torch.float32).tiny
+    top_u = torch.tensor(1.0 - 2**-24)
+    spread = -torch.log(-torch.log(top_u)) + torch.log(-torch.log(torch.tensor(tiny)))
+    assert float(spread) < -math.log(1e-10)
+
+
+def test_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert torch.allclose(nucleus(probs, 0.8), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    assert torch.allclose(nucleus(probs, 0.1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    assert torch.allclose(nucleus(probs, 1.0), probs)
+
+
+def test_top_p_removes_the_tail():
+    logits = torch.log(torch.tensor([0.6, 0.39, 0.01]))
+    out = sample(lambda z, t: logits.expand(*z.shape, 3), "linear", (64, 64), 3, sampler="top_p", top_p=0.9, seed=0)
+    assert not (out.tokens == 2).any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sampler="beam"), "valid samplers are: ancestral, top_p, mean"),
+        (dict(grid="log"), "valid grids are: uniform, cosine"),
+        (dict(precision="float16"), "valid options are"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(init=torch.zeros(2, 4)), "integer"),
+        (dict(init=torch.full((2, 4), 9)), r"\[0, 3\]"),
+        (dict(init=torch.full((3, 4), 3)), "shape"),
+        (dict(seed=1, generator=torch.Generator()), "either generator or seed"),
+    ],
+)
+def test_bad_sampler_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample(lambda z, t: torch.zeros(*z.shape, 3), "linear", (2, 4), 3, **kwargs)
+
+
+def test_prefix_longer_than_sample():
+    with pytest.raises(ValueError, match="prefix"):
+        prefix_init(torch.arange(5), (1, 4), mask_id=9)

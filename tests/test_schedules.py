@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from md4.schedules import PolynomialSchedule, get_schedule
+
+NAMES = ["linear", "cosine", "poly2", "poly0.5", "poly3.7", "geometric"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_alpha_monotone_with_clamped_end_points(name):
+    s = get_schedule(name)
+    t = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    a = s.alpha(t)
+    assert torch.all(a[1:] <= a[:-1])
+    assert a[0] == pytest.approx(1 - s.eps, abs=1e-4)  # geometric: 1 - beta_min away
+    assert a[-1] == pytest.approx(s.eps, abs=1e-8)
+    assert torch.all((a > 0) & (a < 1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dalpha_matches_finite_differences(name):
+    s = get_schedule(name)
+    t = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
+    h = 1e-6
+    fd = (s.alpha(t + h) - s.alpha(t - h)) / (2 * h)
+    assert torch.allclose(s.dalpha(t), fd, rtol=1e-5, atol=1e-7)
+
+
+def test_weights_equal_closed_forms():
+    eps = 1e-4
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    c = 1 - 2 * eps
+    linear = -c / (c * t + eps)
+    assert torch.allclose(get_schedule("linear").weight(t), linear, rtol=1e-12)
+    k = 2.5
+    poly = -c * k * t ** (k - 1) / (c * t**k + eps)
+    assert torch.allclose(get_schedule("poly2.5").weight(t), poly, rtol=1e-12)
+    cos = -c * (math.pi / 2) * torch.sin(math.pi / 2 * (1 - t)) / (c * torch.cos(math.pi / 2 * (1 - t)) + eps)
+    assert torch.allclose(get_schedule("cosine").weight(t), cos, rtol=1e-10)
+    # Without the clamp the linear weight is exactly -1/t.
+    tt = torch.linspace(0.1, 1, 10, dtype=torch.float64)
+    assert torch.allclose(get_schedule("linear", eps=0).weight(tt), -1 / tt)
+
+
+@pytest.mark.parametrize("name", NAMES + ["poly0.01", "poly50"])
+def test_weight_finite_everywhere(name):
+    s = get_schedule(name)
+    for dtype in (torch.float32, torch.float64):
+        t = torch.cat([torch.tensor([0.0, 1e-30, 1e-8, 1.0]), torch.rand(100)]).to(dtype)
+        for v in (s.alpha(t), s.dalpha(t), s.weight(t), s.log_snr(t)):
+            assert torch.isfinite(v).all()
+        assert torch.all(s.weight(t) <= 0)
+
+
+def test_poly_parses_any_real_power():
+    assert isinstance(get_schedule("poly2.5"), PolynomialSchedule)
+    assert get_schedule("poly.5").power == 0.5
+    assert get_schedule("poly3").name == "poly3"
+
+
+@pytest.mark.parametrize("bad", ["", "quadratic", "poly", "poly-1", "poly0", "polyx"])
+def test_unknown_schedule_lists_valid_names(bad):
+    with pytest.raises(ValueError, match="valid names are: linear, cosine, geometric, polyK"):
+        get_schedule(bad)
+
+
+def test_bad_eps():
+    with pytest.raises(ValueError, match="eps"):
+        get_schedule("linear", eps=0.7)
