@@ -1,5 +1,6 @@
 """Data: tokenizers, corpus recipes cached as memory-mapped token arrays, and batch loaders."""
 
+from md4.data.batches import TextBatches
 from md4.data.cache import cache_dir
 from md4.data.errors import DataError
 from md4.data.loader import eval_chunks, num_chunks, random_windows
@@ -18,6 +19,7 @@ from md4.data.wikifil import wikifil
 
 __all__ = [
     "CharTokenizer",
+    "TextBatches",
     "DataError",
     "GPT2Tokenizer",
     "PreparedData",

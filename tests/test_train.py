@@ -1,0 +1,187 @@
+"""Training loop, checkpoints and resume: exactness and failure handling on a tiny real corpus."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from md4.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from md4.config import ConfigError, build_config, resume_config
+from md4.data import TextBatches, prepare
+from md4.run import build_model, load_run
+from md4.train import EMA, Trainer, learning_rate, train
+
+TINY = [
+    "model.dim=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "train.batch_size=4",
+    "train.log_every=1", "train.eval_every=100", "train.eval_batches=1", "train.sample_every=100",
+    "train.sample_steps=8", "train.checkpoint_every=3", "train.warmup_steps=2",
+]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("MD4_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "corpus.txt"
+    lines = [f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}." for i in range(400)]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def tiny_config(corpus, *extra):
+    return build_config("shakespeare-char", TINY + list(extra), data=str(corpus))
+
+
+def train_losses(run_dir):
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    full = train(tiny_config(corpus, "train.steps=6"), tmp_path / "full", progress=False)
+    train(tiny_config(corpus, "train.steps=3"), tmp_path / "split", progress=False)
+    resumed = train(resume_config(tmp_path / "split", ["train.steps=6"]), tmp_path / "split", resume=True, progress=False)
+    assert full.step == resumed.step == 6
+    assert train_losses(tmp_path / "full") == train_losses(tmp_path / "split")
+    a = load_checkpoint(list_checkpoints(tmp_path / "full")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "split")[-1])
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]) and torch.equal(a.ema[key], b.ema[key])
+
+
+def test_run_directory_alone_rebuilds_the_model(corpus, tmp_path):
+    train(tiny_config(corpus, "train.steps=3"), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.step == 3 and not run.model.training
+    out = run.model.sample(2, num_steps=4, seed=0)
+    assert out.tokens.shape == (2, 32) and int(out.tokens.max()) < run.tokenizer.vocab_size
+    ckpt = load_checkpoint(run.checkpoint)
+    assert set(ckpt.state) >= {"step", "tokens_seen"} and "data" in ckpt.rng and ckpt.optimizer["state"]
+
+
+def test_keeps_the_last_n_checkpoints_and_writes_logs(corpus, tmp_path):
+    train(tiny_config(corpus, "train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=2",
+                      "train.sample_every=4", "train.eval_every=4"), tmp_path / "run", progress=False)
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert names == ["step_00000006", "step_00000008"]
+    run_dir = tmp_path / "run"
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_00000004.txt", "step_00000008.txt"]
+    assert any(p.name.startswith("events") for p in (run_dir / "tb").iterdir())
+    valid = [json.loads(line) for line in open(run_dir / "metrics.jsonl") if '"valid"' in line]
+    assert [r["step"] for r in valid] == [4, 8] and all(r["bits_per_token"] > 0 for r in valid)
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_ctrl_c_saves_and_stops_cleanly_then_resumes(corpus, tmp_path):
+    config = tiny_config(corpus, "train.steps=10", "train.checkpoint_every=100")
+    prepared = prepare(str(corpus))
+
+    class InterruptAtThirdBatch(TextBatches):
+        calls = 0
+
+        def train_batch(self, batch_size, generator):
+            InterruptAtThirdBatch.calls += 1
+            if InterruptAtThirdBatch.calls == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().train_batch(batch_size, generator)
+
+    torch.manual_seed(0)
+    data = InterruptAtThirdBatch(prepared, 32)
+    result = Trainer(config, build_model(config, data.vocab_size), data, tmp_path / "run", progress=False).fit()
+    assert result.interrupted and result.step == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000003"]
+    resumed = train(resume_config(tmp_path / "run", []), tmp_path / "run", resume=True, progress=False)
+    assert resumed.step == 10 and not resumed.interrupted
+
+
+def test_failed_save_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
+    import md4.checkpoint as checkpoint
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(corpus, "train.steps=3"), run_dir, progress=False)
+    before = {p.name: p.read_bytes() for p in list_checkpoints(run_dir)[-1].iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        train(resume_config(run_dir, ["train.steps=6"]), run_dir, resume=True, progress=False)
+    kept = list_checkpoints(run_dir)
+    assert [p.name for p in kept] == ["step_00000003"]
+    assert {p.name: p.read_bytes() for p in kept[0].iterdir()} == before
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    load_checkpoint(kept[0])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete_manifest"])
+def test_corrupt_checkpoint_is_a_clear_error(corpus, tmp_path, damage):
+    run_dir = tmp_path / "run"
+    train(tiny_config(corpus, "train.steps=3"), run_dir, progress=False)
+    ckpt = list_checkpoints(run_dir)[-1]
+    weights = ckpt / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:
+        (ckpt / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="corrupt|incomplete"):
+        load_run(run_dir)
+    with pytest.raises(CheckpointError):
+        train(resume_config(run_dir, ["train.steps=6"]), run_dir, resume=True, progress=False)
+
+
+def test_resume_refuses_a_different_config_or_vocabulary(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_config(corpus, "train.steps=3"), run_dir, progress=False)
+    with pytest.raises(ConfigError, match=r"model.dim \(32 -> 48\)"):
+        train(resume_config(run_dir, ["model.dim=48"]), run_dir, resume=True, progress=False)
+    other = corpus.with_name("other.txt")
+    other.write_text("completely different letters: XYZ 0123456789 " * 100)
+    config = resume_config(run_dir, [])
+    config.data.name = str(other)
+    with pytest.raises(ConfigError, match="data.name|vocabulary"):
+        train(config, run_dir, resume=True, progress=False)
+
+
+def test_new_run_refuses_to_overwrite_an_existing_one(corpus, tmp_path):
+    train(tiny_config(corpus, "train.steps=3"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(corpus, "train.steps=3"), tmp_path / "run", progress=False)
+
+
+def test_learning_rate_warmup_then_cosine():
+    t = build_config("shakespeare-char", ["train.steps=110", "train.warmup_steps=10", "train.lr=1.0",
+                                          "train.min_lr_ratio=0.1"]).train
+    assert learning_rate(0, t) == pytest.approx(0.1) and learning_rate(9, t) == pytest.approx(1.0)
+    assert learning_rate(10, t) == pytest.approx(1.0)
+    assert learning_rate(60, t) == pytest.approx(0.55)
+    assert learning_rate(110, t) == pytest.approx(0.1)
+    values = [learning_rate(s, t) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_ema_update_is_an_exponential_average():
+    module = torch.nn.Linear(3, 2, bias=False)
+    ema = EMA(module, decay=0.9)
+    start = module.weight.detach().clone()
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    ema.update(module)
+    assert torch.allclose(ema.module.weight, start + 0.1)
+    assert not ema.module.weight.requires_grad
+
+
+def test_grad_accumulation_averages_micro_batches(corpus, tmp_path):
+    """accum=2 of batch 4 sees 2x the tokens of accum=1 and its loss is the micro-batch mean."""
+    one = train(tiny_config(corpus, "train.steps=2"), tmp_path / "a", progress=False)
+    two = train(tiny_config(corpus, "train.steps=2", "train.grad_accum=2"), tmp_path / "b", progress=False)
+    a = load_checkpoint(list_checkpoints(tmp_path / "a")[-1]).state["tokens_seen"]
+    b = load_checkpoint(list_checkpoints(tmp_path / "b")[-1]).state["tokens_seen"]
+    assert b == 2 * a == 2 * 2 * 4 * 32
+    assert one.step == two.step == 2
