@@ -57,6 +57,11 @@ def test_train_resume_sample_eval(corpus, tmp_path, capsys):
     assert code == 0 and "continuous bound" in out and "discrete T=1000 bound" in out
 
 
+def test_data_prepare_a_local_file(corpus, capsys):
+    code, out, _ = run(capsys, "data", "prepare", corpus)
+    assert code == 0 and "vocabulary" in out and "train" in out and "test" in out
+
+
 def test_presets_and_data_listing(capsys):
     code, out, _ = run(capsys, "presets")
     assert code == 0 and "shakespeare-char" in out and "text8" in out and "owt-gpt2-small" in out

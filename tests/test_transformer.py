@@ -233,3 +233,16 @@ def test_rope_alone_cannot_tell_positions_in_an_all_mask_input_but_max_positions
         assert torch.allclose(out[:, :1].expand_as(out), out, atol=1e-5) == expect_equal
     with pytest.raises(ValueError, match="max_positions"):
         model(torch.full((1, 9), 5), torch.tensor([0.5]))
+
+
+def test_narrow_conditioning_width_parameter_count():
+    """cond_dim = 128 (as in MDLM/SEDD) shrinks every adaLN modulation to 128 -> 6d."""
+    cfg = TransformerConfig.release_text8(cond_dim=128)
+    v, e, d, n_layers, h, c = 27, 64, 768, 12, 2048, 128
+    block = 3 * d * d + d * d + 3 * d * h + 6 * d * c
+    expected = (v + 1) * e + e * d + 256 * c + c * c + n_layers * block + 2 * c * d + d * v
+    with torch.device("meta"):
+        assert Transformer(cfg).num_parameters() == expected
+    model = Transformer(tiny(cond_dim=8, num_classes=3))
+    z, t = inputs()
+    assert model(z, t, labels=torch.tensor([0, 1, 2])).shape == (3, 8, V)

@@ -31,6 +31,7 @@ class ModelConfig:
     time_conditioning: str = "adaln_zero"
     outside_embed_dim: int | None = None
     max_positions: int | None = None
+    cond_dim: int | None = None
     dropout: float = 0.0
     schedule: str = "linear"
     eps: float = 1e-4

@@ -10,9 +10,12 @@ from typing import Any
 class MetricsLog:
     """Appends ``{"step", "split", ...}`` records to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, start_step: int = 0):
+        """Open the log of a run that (re)starts at ``start_step``; records after it, left by a crash, are dropped."""
         self.path = run_dir / "metrics.jsonl"
-        self.file = open(self.path, "a")
+        kept = [r for r in read_metrics(self.path) if r["step"] <= start_step] if self.path.exists() else []
+        self.file = open(self.path, "w")
+        self.file.writelines(json.dumps(r) + "\n" for r in kept)
         try:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -33,6 +33,7 @@ def build_model(config: Config, vocab_size: int) -> MD4:
             time_conditioning=m.time_conditioning,
             outside_embed_dim=m.outside_embed_dim,
             max_positions=m.max_positions,
+            cond_dim=m.cond_dim,
             dropout=m.dropout,
         )
     )

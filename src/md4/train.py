@@ -131,7 +131,7 @@ class Trainer:
             self._start()
         if self.t.compile:
             self.model.denoiser = torch.compile(self.model.denoiser)
-        self.log = MetricsLog(self.run_dir)
+        self.log = MetricsLog(self.run_dir, start_step=self.step)
 
     # ------------------------------------------------------------ run dir
     def _start(self) -> None:
@@ -227,14 +227,17 @@ class Trainer:
         bar = tqdm(total=self.t.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, desc="train")
         interrupted = False
         with _interrupt_flag() as flag:
+            window: list[dict[str, float]] = []
             while self.step < self.t.steps:
-                metrics = self.train_step()
+                window.append(self.train_step())
                 bar.update(1)
                 if self.step % self.t.log_every == 0 or self.step == self.t.steps:
                     now = time.time()
+                    metrics = {k: sum(m[k] for m in window) / len(window) for k in window[0]}  # interval means
+                    metrics["lr"] = window[-1]["lr"]
                     metrics["tokens_per_second"] = (self.tokens_seen - window_tokens) / max(now - window_time, 1e-9)
                     metrics["tokens"] = self.tokens_seen
-                    window_time, window_tokens = now, self.tokens_seen
+                    window_time, window_tokens, window = now, self.tokens_seen, []
                     self.log.scalars("train", metrics, self.step)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", bpt=f"{metrics['bits_per_token']:.3f}",
                                     tok_s=f"{metrics['tokens_per_second']:.0f}")

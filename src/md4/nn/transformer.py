@@ -50,6 +50,9 @@ class TransformerConfig:
     # cannot tell positions apart in an all-mask input, so position-dependent data (pixels, fixed
     # layouts) needs it; stationary text does not.
     max_positions: int | None = None
+    # Width of the conditioning vector feeding adaLN (None: dim). MDLM/SEDD use 128; at full width the
+    # per-block modulation (cond_dim -> 6 dim) is about a third of the text8 model's parameters.
+    cond_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.mlp_type not in MLP_ACTIVATIONS:
@@ -64,7 +67,7 @@ class TransformerConfig:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "mlp_hidden_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        for name in ("num_classes", "outside_embed_dim", "max_positions"):
+        for name in ("num_classes", "outside_embed_dim", "max_positions", "cond_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or a positive integer, got {value}.")
@@ -90,6 +93,10 @@ class TransformerConfig:
         """``8 * dim / 3`` rounded up to a multiple of ``mlp_hidden_multiple`` (method file s.8)."""
         m = self.mlp_hidden_multiple
         return m * -(-8 * self.dim // (3 * m))
+
+    @property
+    def conditioning_width(self) -> int:
+        return self.dim if self.cond_dim is None else self.cond_dim
 
     @property
     def conditioned(self) -> bool:
@@ -208,7 +215,7 @@ class Block(nn.Module):
             self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
             self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
             self.modulation = nn.Sequential(
-                nn.SiLU(), nn.Linear(config.dim, 6 * config.dim, bias=False)
+                nn.SiLU(), nn.Linear(config.conditioning_width, 6 * config.dim, bias=False)
             )
         else:
             self.norm1 = RMSNorm(config.dim, config.norm_eps)
@@ -239,7 +246,7 @@ class Transformer(nn.Module):
         self.config = config
         self.vocab_size = config.vocab_size
         self.time_independent = config.time_conditioning == "none"
-        d = config.dim
+        d, c = config.dim, config.conditioning_width
 
         if config.outside_embed_dim is None:
             self.embed = nn.Embedding(config.vocab_size + 1, d)
@@ -256,16 +263,16 @@ class Transformer(nn.Module):
             None
             if self.time_independent
             else nn.Sequential(
-                nn.Linear(TIME_FREQ_DIM, d, bias=False), nn.SiLU(), nn.Linear(d, d, bias=False)
+                nn.Linear(TIME_FREQ_DIM, c, bias=False), nn.SiLU(), nn.Linear(c, c, bias=False)
             )
         )
         self.class_embed = (
-            None if config.num_classes is None else nn.Embedding(config.num_classes, d)
+            None if config.num_classes is None else nn.Embedding(config.num_classes, c)
         )
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         if config.conditioned:
             self.final_norm = nn.LayerNorm(d, eps=config.norm_eps, elementwise_affine=False)
-            self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d, bias=False))
+            self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 2 * d, bias=False))
         else:
             self.final_norm = RMSNorm(d, config.norm_eps)
             self.final_modulation = None
