@@ -1,6 +1,7 @@
-"""Forward + backward time of the release text8 transformer, float32 vs bf16 autocast.
+"""Forward + backward time of a transformer denoiser, float32 vs bf16 autocast.
 
-Usage: python benchmarks/bench_transformer.py [--batch 8] [--seq 256] [--threads 2] [--device cpu]
+Usage: python benchmarks/bench_transformer.py [--model text8|demo] [--batch 8] [--seq 256] [--threads 2] [--device cpu]
+``text8`` is the release's text8 network; ``demo`` the shakespeare-char preset's (V = 84).
 Prints a markdown table: median of --repeats timed runs after --warmup untimed ones,
 the two precisions interleaved.
 """
@@ -33,6 +34,7 @@ def time_step(model: Transformer, z: torch.Tensor, t: torch.Tensor, bf16: bool) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("text8", "demo"), default="text8")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
@@ -43,7 +45,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = TransformerConfig.release_text8()
+    if args.model == "text8":
+        cfg = TransformerConfig.release_text8()
+    else:
+        cfg = TransformerConfig(vocab_size=84, dim=256, n_layers=4, n_heads=4)
     model = Transformer(cfg).to(args.device).train()
     z = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
     t = torch.rand(args.batch, device=args.device)
@@ -57,7 +62,7 @@ def main() -> None:
     rows = [(name, statistics.median(secs)) for name, secs in times.items()]
 
     tokens = args.batch * args.seq
-    print(f"release text8 transformer, {model.num_parameters():,} parameters, "
+    print(f"{args.model} transformer, {model.num_parameters():,} parameters, "
           f"batch {args.batch} x {args.seq}, device {args.device}, {args.threads} threads\n")
     print("| precision | fwd+bwd median (s) | tokens/s | speed-up |")
     print("|---|---:|---:|---:|")
