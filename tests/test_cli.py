@@ -115,3 +115,18 @@ def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     assert "--top-p" in capsys.readouterr().out
+
+
+def test_demo_trains_samples_evaluates_and_can_rerun(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MD4_CACHE_DIR", str(tmp_path / "cache"))
+    out_dir = tmp_path / "demo"
+    args = ["demo", "--out", out_dir, "--no-progress", *TINY, "train.steps=2", "train.batch_size=256",
+            "train.sample_steps=4"]
+    code, out, _ = run(capsys, *args)
+    summary = json.loads((out_dir / "demo.json").read_text())
+    assert code == 0 and "test bits/char <=" in out and "=== prompted sample ('ROMEO:') ===\nROMEO:" in out
+    assert summary["test_bits_per_char"] > 0 and summary["valid_bits_per_char"] > 0
+    assert summary["sample_prompted"].startswith("ROMEO:") and (out_dir / "curves.png").exists()
+    code, out, _ = run(capsys, *args)  # a finished demo reruns its sampling and evaluation
+    assert code == 0 and json.loads((out_dir / "demo.json").read_text())["test_bits_per_char"] == summary[
+        "test_bits_per_char"]

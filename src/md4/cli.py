@@ -172,7 +172,7 @@ def cmd_presets(args) -> int:
 
 # ------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
-    """Train the Shakespeare preset, then sample (unconditional and prompted) and evaluate on the test split."""
+    """Train the Shakespeare preset, sample (unconditional and prompted), and evaluate on the valid and test splits."""
     from md4.config import build_config, resume_config
     from md4.evaluate import estimate_nelbo
     from md4.run import load_run
@@ -193,14 +193,17 @@ def cmd_demo(args) -> int:
     steps = config.train.sample_steps
     (unconditional,), _ = generate(run, 1, steps, "ancestral", "uniform", 1.0, "float64", seed=0)
     (prompted,), _ = generate(run, 1, steps, "ancestral", "uniform", 1.0, "float64", seed=1, prompt=DEMO_PROMPT)
-    batches, name = eval_batches(run, None, "test", config.train.batch_size, None)
-    test = estimate_nelbo(run.model, batches, seed=0, precision=config.train.precision)
+    bounds = {}
+    for split in ("valid", "test"):
+        batches, name = eval_batches(run, None, split, config.train.batch_size, None)
+        bounds[split] = estimate_nelbo(run.model, batches, seed=0, precision=config.train.precision)
+    valid, test = bounds["valid"], bounds["test"]
     summary = {
         "run_dir": str(run_dir),
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "wall_seconds": round(time.time() - start, 1),
         "train_tokens_per_second": round(result.tokens_per_second),
-        "valid_bits_per_char": result.valid_bits_per_token,
+        "valid_bits_per_char": valid.bits_per_token,
         "test_bits_per_char": test.bits_per_token,
         "test_bits_per_char_stderr": test.bits_per_token_stderr,
         "test_sequences": test.num_sequences,
@@ -210,7 +213,7 @@ def cmd_demo(args) -> int:
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")
     print(f"test bits/char <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {name}; "
-          f"valid {result.valid_bits_per_token:.3f}; {summary['parameters']:,} parameters; "
+          f"valid {valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
           f"{result.tokens_per_second:.0f} train tokens/s; {summary['wall_seconds']:.0f} s in all")
     print(f"curves: {run_dir / 'curves.png'}; summary: {run_dir / 'demo.json'}; "
           f"more: md4 sample {run_dir} --num 4, md4 eval {run_dir}")
