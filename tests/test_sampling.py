@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from md4.sampling import SAMPLERS, categorical, nucleus, prefix_init, sample, time_grid
+from md4.sampling import SAMPLER_NAMES, categorical, nucleus, prefix_init, sample, time_grid
 
 
 def _empirical_tv(oracle, tokens):
@@ -53,7 +53,7 @@ def test_cached_sampler_is_exact_for_a_single_sequence(oracle):
     assert out.nfe <= 5
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", list(SAMPLER_NAMES))
 def test_conditioning_tokens_never_change_and_no_mask_left(sampler):
     calls = []
 
@@ -68,7 +68,7 @@ def test_conditioning_tokens_never_change_and_no_mask_left(sampler):
     out = sample(denoiser, "linear", (8, 12), 5, num_steps=7, sampler=sampler, init=init, seed=0)
     assert torch.all(out.tokens[:, [0, 5, 11]] == torch.tensor([4, 2, 0]))
     assert out.tokens.max() < 5 and out.tokens.min() >= 0
-    assert out.nfe == len(calls) <= 8
+    assert out.nfe == len(calls) == 9 if sampler == "exact" else out.nfe == len(calls) <= 8  # 9 free positions
 
 
 def test_prefix_infilling_respects_the_oracle_conditional(oracle):
@@ -145,7 +145,7 @@ def test_top_p_removes_the_tail():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(sampler="beam"), "valid samplers are: ancestral, top_p, mean"),
+        (dict(sampler="beam"), "valid samplers are: ancestral, top_p, mean, exact"),
         (dict(grid="log"), "valid grids are: uniform, cosine"),
         (dict(precision="float16"), "valid options are"),
         (dict(num_steps=0), "num_steps"),
@@ -164,3 +164,40 @@ def test_bad_sampler_arguments(kwargs, message):
 def test_prefix_longer_than_sample():
     with pytest.raises(ValueError, match="prefix"):
         prefix_init(torch.arange(5), (1, 4), mask_id=9)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_exact_sampler_reproduces_the_joint_with_one_call_per_token(oracle, schedule):
+    n = 20000
+    out = sample(oracle, schedule, (n, 4), 3, sampler="exact", seed=0)
+    assert out.nfe == 4
+    assert _empirical_tv(oracle, out.tokens) < _tv_tolerance(oracle, n)
+
+
+def test_exact_sampler_conditioning_and_decreasing_times():
+    seen = []
+
+    def denoiser(z, t):
+        seen.append(t.clone())
+        return torch.randn(*z.shape, 5)
+
+    init = torch.full((3, 6), 5)
+    init[0] = torch.tensor([1, 2, 3, 4, 0, 1])  # nothing to generate in row 0
+    init[1, :4] = 2
+    out = sample(denoiser, "poly2", (3, 6), 5, sampler="exact", init=init, seed=0)
+    assert torch.equal(out.tokens[0], init[0]) and torch.all(out.tokens[1, :4] == 2)
+    assert out.tokens.max() < 5 and out.nfe == 6 == len(seen)
+    times = torch.stack(seen)  # [calls, B]; row 2 unmasks one token per call, at decreasing times
+    assert torch.all(times[1:, 2] <= times[:-1, 2]) and torch.all((times > 0) & (times <= 1))
+
+
+def test_next_unmask_time_is_the_latest_of_m_uniform_times():
+    """Linear schedule: given masked at t = 1, each position's time is ~U(0, 1); the next event is their max."""
+    from md4.sampling import next_unmask_time
+    from md4.schedules import get_schedule
+
+    g = torch.Generator().manual_seed(0)
+    schedule = get_schedule("linear", eps=0.0)
+    for m in (1, 3, 10):
+        s = next_unmask_time(schedule, torch.ones(100000, dtype=torch.float64), torch.full((100000,), m), g)
+        assert abs(float(s.mean()) - m / (m + 1)) < 0.005

@@ -6,7 +6,7 @@ the samplers, and the bidirectional :class:`Transformer` denoiser.
 
 from md4.diffusion import MD4, antithetic_times, bits_per_token, perplexity
 from md4.nn.transformer import Transformer, TransformerConfig
-from md4.sampling import SAMPLERS, SampleOutput, categorical, nucleus, prefix_init, sample, time_grid
+from md4.sampling import SAMPLER_NAMES, SAMPLERS, SampleOutput, categorical, nucleus, prefix_init, sample, time_grid
 from md4.schedules import (
     CosineSchedule,
     GeometricSchedule,
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MD4",
     "SAMPLERS",
+    "SAMPLER_NAMES",
     "CosineSchedule",
     "GeometricSchedule",
     "LinearSchedule",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from md4.sampling import GRIDS, PRECISIONS, SAMPLERS
+from md4.sampling import GRIDS, PRECISIONS, SAMPLER_NAMES
 
 DEMO_PRESET = "shakespeare-char"
 DEMO_PROMPT = "ROMEO:"
@@ -92,8 +92,8 @@ def cmd_sample(args) -> int:
                           args.seed, args.length, args.prompt, args.infill, args.hole)
     for i, text in enumerate(texts):
         print(f"=== sample {i} ===\n{text}")
-    print(f"md4: {len(texts)} samples, {args.steps} steps, {nfe} network calls, {time.time() - start:.1f} s",
-          file=sys.stderr)
+    how = "exact sampler" if args.sampler == "exact" else f"{args.steps} {args.grid} steps"
+    print(f"md4: {len(texts)} samples, {how}, {nfe} network calls, {time.time() - start:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by md4 train")
     p.add_argument("--num", type=int, default=4, help="number of samples (default: %(default)s)")
     p.add_argument("--steps", type=int, default=256, help="reverse steps T (default: %(default)s)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ancestral", help="step rule (default: %(default)s)")
+    p.add_argument("--sampler", choices=list(SAMPLER_NAMES), default="ancestral",
+                   help="ancestral, top_p or mean on a time grid, or exact (one network call per token; --steps unused)")
     p.add_argument("--grid", choices=GRIDS, default="uniform", help="time grid (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.98, help="nucleus mass for --sampler top_p (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="float64",

@@ -5,10 +5,12 @@ For s < t and a masked position with mu = softmax(denoiser(z_t, t)):
     p(z_s = k) = (alpha_s - alpha_t) / (1 - alpha_t) * mu[k]   (k < V)
     p(z_s = m) = (1 - alpha_s) / (1 - alpha_t)
 
-Unmasked positions never change. Three step rules share that structure:
+Unmasked positions never change. Three grid step rules share that structure:
 ``ancestral`` (one draw over V + 1 outcomes), ``top_p`` (ancestral on the
 nucleus of mu) and ``mean`` (draw x0 ~ mu, then unmask with the step's
-probability; paper App. G). Time grids are ``uniform`` or ``cosine``.
+probability; paper App. G). Time grids are ``uniform`` or ``cosine``. ``exact``
+draws each next unmasking time directly (first-hitting sampling, method Sec. 6),
+so it makes one network call per token and no discretisation error.
 
 Categorical draws are exact in float64 by default (inverse CDF). The opt-in
 ``precision="float32-gumbel"`` uses float32 Gumbel-max like the JAX release,
@@ -102,6 +104,8 @@ def mean_step(mu, unmask_prob, mask_id, generator, precision):
 
 # "top_p" is the ancestral rule applied to the nucleus of mu (release default p = 0.98).
 SAMPLERS: dict[str, StepRule] = {"ancestral": ancestral_step, "top_p": ancestral_step, "mean": mean_step}
+# "exact" jumps between unmasking events instead of stepping on a grid (see sample_exact).
+SAMPLER_NAMES = (*SAMPLERS, "exact")
 
 
 # -------------------------------------------------------------- conditioning
@@ -123,6 +127,58 @@ def _resolve_generator(generator, seed, device):
         generator = torch.Generator(device=device)
         generator.manual_seed(int(seed))
     return generator
+
+
+# ------------------------------------------------------- exact (first hitting)
+def inverse_alpha(schedule: MaskingSchedule, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    """t with alpha(t) = target, by bisection in float64 (alpha is decreasing on [0, 1])."""
+    lo = torch.zeros_like(target, dtype=torch.float64)
+    hi = torch.ones_like(target, dtype=torch.float64)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        above = schedule.alpha(mid) > target
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def next_unmask_time(schedule: MaskingSchedule, t: torch.Tensor, num_masked: torch.Tensor, generator) -> torch.Tensor:
+    """When, going back from t, the first of ``num_masked`` masked positions unmasks.
+
+    Each masked position unmasks at an independent time tau with P(tau <= s | tau <= t) = (1 - alpha_s) / (1 - alpha_t),
+    so the latest of m of them solves 1 - alpha_s = (1 - alpha_t) u^(1/m), u ~ U(0, 1) (first-hitting sampling).
+    """
+    u = torch.rand(t.shape, dtype=torch.float64, device=t.device, generator=generator)
+    one_minus = (1.0 - schedule.alpha(t)) * u ** (1.0 / num_masked.clamp_min(1).double())
+    return torch.minimum(inverse_alpha(schedule, 1.0 - one_minus), t)
+
+
+@torch.no_grad()
+def sample_exact(denoiser, schedule, z: torch.Tensor, mask_id: int, labels, generator, precision) -> SampleOutput:
+    """Exact reverse process: jump from one unmasking event to the next, one position per sequence per call.
+
+    Every position unmasks at its own time, so one network call per event suffices and a sequence with
+    D masked positions takes exactly D calls, whatever the schedule, and no step-size error is made.
+    """
+    batch = z.shape[0]
+    t = torch.ones(batch, dtype=torch.float64, device=z.device)
+    nfe = 0
+    while True:
+        masked = (z == mask_id).reshape(batch, -1)
+        count = masked.sum(1)
+        if not bool(count.any()):
+            return SampleOutput(tokens=z, nfe=nfe)
+        active = count > 0
+        t = torch.where(active, next_unmask_time(schedule, t, count, generator), t)
+        logits = denoiser(z, t.float()) if labels is None else denoiser(z, t.float(), labels=labels)
+        nfe += 1
+        probs = F.softmax(logits.double() if precision == "float64" else logits.float(), dim=-1).reshape(batch, -1, logits.shape[-1])
+        # the position that unmasks is uniform among the masked ones
+        choice = categorical(masked.double(), generator, "float64")
+        token = categorical(probs[torch.arange(batch, device=z.device), choice], generator, precision)
+        flat = z.reshape(batch, -1)
+        rows = active.nonzero().squeeze(-1)
+        flat[rows, choice[rows]] = token[rows]
+        z = flat.reshape(z.shape)
 
 
 # -------------------------------------------------------------------- driver
@@ -152,7 +208,8 @@ def sample(
         schedule: the masking schedule (object or name) the model was trained with.
         shape: [B, *data_shape] of the samples.
         num_steps: number of reverse steps T on the time grid.
-        sampler: ``ancestral`` (release default), ``top_p`` or ``mean``.
+        sampler: ``ancestral`` (release default), ``top_p``, ``mean``, or ``exact`` (first-hitting: one call per
+            unmasked token, no discretisation error; ``num_steps`` and ``grid`` are then unused).
         grid: ``uniform`` or ``cosine`` time grid.
         top_p: nucleus mass for ``top_p``.
         precision: ``float64`` (exact draws) or ``float32-gumbel`` (the release's behaviour).
@@ -167,8 +224,8 @@ def sample(
         :class:`SampleOutput` with tokens (no mask id left: positions still masked after the last step take
         argmax mu) and the NFE.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; valid samplers are: {', '.join(SAMPLERS)}.")
+    if sampler not in SAMPLER_NAMES:
+        raise ValueError(f"Unknown sampler {sampler!r}; valid samplers are: {', '.join(SAMPLER_NAMES)}.")
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown sampling precision {precision!r}; valid options are: {', '.join(PRECISIONS)}.")
     if not 0.0 < top_p <= 1.0:
@@ -187,6 +244,8 @@ def sample(
     if time_independent is None:
         time_independent = bool(getattr(denoiser, "time_independent", False))
     generator = _resolve_generator(generator, seed, device)
+    if sampler == "exact":
+        return sample_exact(denoiser, schedule, z, mask_id, labels, generator, precision)
     step_rule = SAMPLERS[sampler]
     times = time_grid(num_steps, grid)
     alphas = schedule.alpha(times).tolist()
