@@ -51,6 +51,11 @@ def test_train_resume_sample_eval(corpus, tmp_path, capsys):
         assert result[key]["draws"] == 2 and result[key]["bits_per_token"] > 0 and result[key]["stderr"] > 0
     assert result["discrete"]["num_steps"] == 50
 
+    code, _, err = run(capsys, "sample", out_dir, "--prompt", "To be§")
+    assert code == 2 and "md4: error:" in err and "'§'" in err
+    code, _, err = run(capsys, "sample", out_dir, "--num", 0)
+    assert code == 2 and "--num" in err
+
     unseen = tmp_path / "unseen.txt"
     unseen.write_text("that is the question, to be or not to be. " * 20)
     code, out, _ = run(capsys, "eval", out_dir, "--data", unseen)

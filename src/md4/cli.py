@@ -64,6 +64,8 @@ def generate(run, num: int, steps: int, sampler: str, grid: str, top_p: float, p
     from md4.sampling import prefix_init
 
     model, tokenizer = run.model, run.tokenizer
+    if num < 1 or steps < 1:
+        raise ValueError(f"--num and --steps must be positive integers, got --num {num} and --steps {steps}.")
     device = next(model.parameters()).device
     init = None
     if prompt is not None and infill is not None:
@@ -301,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"md4: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the training loop (which saves and stops by itself)
+        print("md4: interrupted; nothing was written after the last completed step.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         except ImportError:  # TensorBoard is a dependency, but a broken install should not stop training
             self.writer = None
 
