@@ -62,8 +62,10 @@ def main() -> None:
     rows = [(name, statistics.median(secs)) for name, secs in times.items()]
 
     tokens = args.batch * args.seq
-    print(f"{args.model} transformer, {model.num_parameters():,} parameters, "
-          f"batch {args.batch} x {args.seq}, device {args.device}, {args.threads} threads\n")
+    print(
+        f"{args.model} transformer, {model.num_parameters():,} parameters, "
+        f"batch {args.batch} x {args.seq}, device {args.device}, {args.threads} threads\n"
+    )
     print("| precision | fwd+bwd median (s) | tokens/s | speed-up |")
     print("|---|---:|---:|---:|")
     for name, sec in rows:

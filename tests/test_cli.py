@@ -6,9 +6,19 @@ import pytest
 
 from md4.cli import main
 
-TINY = ["model.dim=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "train.batch_size=4",
-        "train.eval_every=2", "train.eval_batches=1", "train.sample_every=4", "train.sample_steps=8",
-        "train.checkpoint_every=2", "train.warmup_steps=1"]
+TINY = [
+    "model.dim=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "data.seq_len=32",
+    "train.batch_size=4",
+    "train.eval_every=2",
+    "train.eval_batches=1",
+    "train.sample_every=4",
+    "train.sample_steps=8",
+    "train.checkpoint_every=2",
+    "train.warmup_steps=1",
+]
 
 
 @pytest.fixture
@@ -37,14 +47,30 @@ def test_train_resume_sample_eval(corpus, tmp_path, capsys):
     assert code == 0 and out.count("=== sample") == 2 and "network calls" in err
     samples = [block.split("\n", 1)[1] for block in out.split("=== sample")[1:]]
     assert all(text.startswith("To be") for text in samples)
-    code, out, _ = run(capsys, "sample", out_dir, "--num", 1, "--steps", 8, "--infill", "To be, or ___ to be",
-                       "--sampler", "top_p", "--grid", "cosine", "--precision", "float32-gumbel")
+    code, out, _ = run(
+        capsys,
+        "sample",
+        out_dir,
+        "--num",
+        1,
+        "--steps",
+        8,
+        "--infill",
+        "To be, or ___ to be",
+        "--sampler",
+        "top_p",
+        "--grid",
+        "cosine",
+        "--precision",
+        "float32-gumbel",
+    )
     text = out.split("\n", 1)[1].rstrip("\n")
     assert code == 0 and len(text) == len("To be, or ___ to be")
     assert text.startswith("To be, or ") and text.endswith(" to be")
 
-    code, out, _ = run(capsys, "eval", out_dir, "--split", "test", "--max-batches", 2, "--steps", 50, "--draws", 2,
-                       "--json")
+    code, out, _ = run(
+        capsys, "eval", out_dir, "--split", "test", "--max-batches", 2, "--steps", 50, "--draws", 2, "--json"
+    )
     result = json.loads(out)
     assert code == 0 and result["step"] == 4
     for key in ("continuous", "discrete"):
@@ -125,13 +151,23 @@ def test_help_explains_every_option(capsys):
 def test_demo_trains_samples_evaluates_and_can_rerun(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MD4_CACHE_DIR", str(tmp_path / "cache"))
     out_dir = tmp_path / "demo"
-    args = ["demo", "--out", out_dir, "--no-progress", *TINY, "train.steps=2", "train.batch_size=256",
-            "train.sample_steps=4"]
+    args = [
+        "demo",
+        "--out",
+        out_dir,
+        "--no-progress",
+        *TINY,
+        "train.steps=2",
+        "train.batch_size=256",
+        "train.sample_steps=4",
+    ]
     code, out, _ = run(capsys, *args)
     summary = json.loads((out_dir / "demo.json").read_text())
     assert code == 0 and "test bits/char <=" in out and "=== prompted sample ('ROMEO:') ===\nROMEO:" in out
     assert summary["test_bits_per_char"] > 0 and summary["valid_bits_per_char"] > 0
     assert summary["sample_prompted"].startswith("ROMEO:") and (out_dir / "curves.png").exists()
     code, out, _ = run(capsys, *args)  # a finished demo reruns its sampling and evaluation
-    assert code == 0 and json.loads((out_dir / "demo.json").read_text())["test_bits_per_char"] == summary[
-        "test_bits_per_char"]
+    assert (
+        code == 0
+        and json.loads((out_dir / "demo.json").read_text())["test_bits_per_char"] == summary["test_bits_per_char"]
+    )

@@ -315,17 +315,15 @@ def test_text8_missing_fails_fast_naming_all_sources(monkeypatch: pytest.MonkeyP
 
 def test_wikifil_rules() -> None:
     xml = (
-        "<mediawiki><page><title>A</title><revision><text xml:space=\"preserve\">"
+        '<mediawiki><page><title>A</title><revision><text xml:space="preserve">'
         "'''Anarchism''' is a [[political philosophy|philosophy]] from 1840.{{Infobox|x=1}}"
         "&lt;ref&gt;Smith, p. 5&lt;/ref&gt; See [http://example.org the site] &amp; "
         "[[Image:Flag.png|thumb|left|200px|A flag]] [[Category:Isms|x]] [[de:Anarchismus]]"
         "</text></revision></page>"
-        "<page><title>B</title><revision><text xml:space=\"preserve\">#REDIRECT [[A]]</text></revision></page>"
+        '<page><title>B</title><revision><text xml:space="preserve">#REDIRECT [[A]]</text></revision></page>'
         "</mediawiki>"
     )
-    assert wikifil(xml) == (
-        "anarchism is a philosophy from one eight four zero see the site a flag isms"
-    )
+    assert wikifil(xml) == ("anarchism is a philosophy from one eight four zero see the site a flag isms")
 
 
 # ----------------------------------------------------------------------------- local Shakespeare copies
@@ -379,12 +377,10 @@ class FakeDataset:
 
     def iter(self, batch_size: int):
         for start in range(0, len(self.texts), batch_size):
-            yield {"text": self.texts[start:start + batch_size]}
+            yield {"text": self.texts[start : start + batch_size]}
 
 
-def test_hub_recipe_with_fake_datasets(
-    gpt2_cache: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hub_recipe_with_fake_datasets(gpt2_cache: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(gpt2_cache / "gpt2", isolated_cache / "gpt2")
     docs = [f"Document number {i}." for i in range(400)]
     calls = []

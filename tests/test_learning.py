@@ -11,7 +11,9 @@ from oracle import OracleDenoiser
 def test_small_transformer_nelbo_approaches_the_entropy():
     torch.manual_seed(0)
     data = OracleDenoiser(vocab_size=3, length=4, concentration=0.1, seed=2)
-    net = Transformer(TransformerConfig(vocab_size=3, dim=64, n_layers=2, n_heads=4, time_conditioning="none", max_positions=4))
+    net = Transformer(
+        TransformerConfig(vocab_size=3, dim=64, n_layers=2, n_heads=4, time_conditioning="none", max_positions=4)
+    )
     model = MD4(net, vocab_size=3, schedule="linear")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=400, pct_start=0.1)

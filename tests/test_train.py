@@ -14,9 +14,18 @@ from md4.run import build_model, load_run
 from md4.train import EMA, Trainer, learning_rate, train
 
 TINY = [
-    "model.dim=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "train.batch_size=4",
-    "train.log_every=1", "train.eval_every=100", "train.eval_batches=1", "train.sample_every=100",
-    "train.sample_steps=8", "train.checkpoint_every=3", "train.warmup_steps=2",
+    "model.dim=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "data.seq_len=32",
+    "train.batch_size=4",
+    "train.log_every=1",
+    "train.eval_every=100",
+    "train.eval_batches=1",
+    "train.sample_every=100",
+    "train.sample_steps=8",
+    "train.checkpoint_every=3",
+    "train.warmup_steps=2",
 ]
 
 
@@ -41,7 +50,9 @@ def train_losses(run_dir):
 def test_resume_continues_exactly(corpus, tmp_path):
     full = train(tiny_config(corpus, "train.steps=6"), tmp_path / "full", progress=False)
     train(tiny_config(corpus, "train.steps=3"), tmp_path / "split", progress=False)
-    resumed = train(resume_config(tmp_path / "split", ["train.steps=6"]), tmp_path / "split", resume=True, progress=False)
+    resumed = train(
+        resume_config(tmp_path / "split", ["train.steps=6"]), tmp_path / "split", resume=True, progress=False
+    )
     assert full.step == resumed.step == 6
     assert train_losses(tmp_path / "full") == train_losses(tmp_path / "split")
     a = load_checkpoint(list_checkpoints(tmp_path / "full")[-1])
@@ -61,8 +72,18 @@ def test_run_directory_alone_rebuilds_the_model(corpus, tmp_path):
 
 
 def test_keeps_the_last_n_checkpoints_and_writes_logs(corpus, tmp_path):
-    train(tiny_config(corpus, "train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=2",
-                      "train.sample_every=4", "train.eval_every=4"), tmp_path / "run", progress=False)
+    train(
+        tiny_config(
+            corpus,
+            "train.steps=8",
+            "train.checkpoint_every=2",
+            "train.keep_checkpoints=2",
+            "train.sample_every=4",
+            "train.eval_every=4",
+        ),
+        tmp_path / "run",
+        progress=False,
+    )
     names = [p.name for p in list_checkpoints(tmp_path / "run")]
     assert names == ["step_00000006", "step_00000008"]
     run_dir = tmp_path / "run"
@@ -156,8 +177,9 @@ def test_new_run_refuses_to_overwrite_an_existing_one(corpus, tmp_path):
 
 
 def test_learning_rate_warmup_then_cosine():
-    t = build_config("shakespeare-char", ["train.steps=110", "train.warmup_steps=10", "train.lr=1.0",
-                                          "train.min_lr_ratio=0.1"]).train
+    t = build_config(
+        "shakespeare-char", ["train.steps=110", "train.warmup_steps=10", "train.lr=1.0", "train.min_lr_ratio=0.1"]
+    ).train
     assert learning_rate(0, t) == pytest.approx(0.1) and learning_rate(9, t) == pytest.approx(1.0)
     assert learning_rate(10, t) == pytest.approx(1.0)
     assert learning_rate(60, t) == pytest.approx(0.55)

@@ -226,8 +226,11 @@ def test_rope_alone_cannot_tell_positions_in_an_all_mask_input_but_max_positions
     t = torch.tensor([1.0, 1.0])
     for max_positions, expect_equal in ((None, True), (8, False)):
         torch.manual_seed(0)
-        model = Transformer(TransformerConfig(vocab_size=5, dim=32, n_layers=2, n_heads=4, time_conditioning="none",
-                                              max_positions=max_positions))
+        model = Transformer(
+            TransformerConfig(
+                vocab_size=5, dim=32, n_layers=2, n_heads=4, time_conditioning="none", max_positions=max_positions
+            )
+        )
         torch.nn.init.normal_(model.logits.weight, std=0.5)
         out = model(z, t)
         assert torch.allclose(out[:, :1].expand_as(out), out, atol=1e-5) == expect_equal

@@ -78,7 +78,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
 
 
 def save_checkpoint(
@@ -125,11 +125,15 @@ def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointError unless every file matches the manifest."""
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
-        raise CheckpointError(f"Checkpoint {path} has no manifest.json; it is incomplete, delete it or use an older one.")
+        raise CheckpointError(
+            f"Checkpoint {path} has no manifest.json; it is incomplete, delete it or use an older one."
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError:
-        raise CheckpointError(f"Checkpoint {path} has a corrupt manifest.json; delete it or use an older one.") from None
+        raise CheckpointError(
+            f"Checkpoint {path} has a corrupt manifest.json; delete it or use an older one."
+        ) from None
     for name, entry in manifest.items():
         f = path / name
         if not f.is_file():
@@ -141,7 +145,9 @@ def verify_checkpoint(path: Path) -> None:
             )
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", weights_only: bool = False) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", weights_only: bool = False
+) -> Checkpoint:
     """Load and verify a checkpoint directory; ``weights_only`` skips the optimizer and RNG states."""
     path = Path(path)
     if not path.is_dir():

@@ -31,8 +31,10 @@ def cmd_train(args) -> int:
     result = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
     state = "stopped by Ctrl-C at" if result.interrupted else "finished at"
     valid = "n/a" if result.valid_bits_per_token is None else f"{result.valid_bits_per_token:.4f}"
-    print(f"md4: {state} step {result.step} in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
-          f"valid bits/token {valid}; checkpoint in {run_dir}/checkpoints")
+    print(
+        f"md4: {state} step {result.step} in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+        f"valid bits/token {valid}; checkpoint in {run_dir}/checkpoints"
+    )
     return 130 if result.interrupted else 0
 
 
@@ -58,8 +60,20 @@ def infill_template(text: str, hole: str, tokenizer, mask_id: int) -> list[int]:
     return ids
 
 
-def generate(run, num: int, steps: int, sampler: str, grid: str, top_p: float, precision: str, seed: int,
-             length: int | None = None, prompt: str | None = None, infill: str | None = None, hole: str = "_"):
+def generate(
+    run,
+    num: int,
+    steps: int,
+    sampler: str,
+    grid: str,
+    top_p: float,
+    precision: str,
+    seed: int,
+    length: int | None = None,
+    prompt: str | None = None,
+    infill: str | None = None,
+    hole: str = "_",
+):
     """Samples from a loaded run as (texts, nfe)."""
     from md4.sampling import prefix_init
 
@@ -80,8 +94,18 @@ def generate(run, num: int, steps: int, sampler: str, grid: str, top_p: float, p
         length = max(len(ids), length or 0)
         init = torch.full((num, length), model.mask_id, dtype=torch.long, device=device)
         init[:, : len(ids)] = torch.tensor(ids, device=device)
-    out = model.sample(num, shape=(length,), num_steps=steps, sampler=sampler, grid=grid, top_p=top_p,
-                       precision=precision, seed=seed, init=init, device=device)
+    out = model.sample(
+        num,
+        shape=(length,),
+        num_steps=steps,
+        sampler=sampler,
+        grid=grid,
+        top_p=top_p,
+        precision=precision,
+        seed=seed,
+        init=init,
+        device=device,
+    )
     return [tokenizer.decode(row.tolist()) for row in out.tokens.cpu()], out.nfe
 
 
@@ -90,8 +114,20 @@ def cmd_sample(args) -> int:
 
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema)
     start = time.time()
-    texts, nfe = generate(run, args.num, args.steps, args.sampler, args.grid, args.top_p, args.precision,
-                          args.seed, args.length, args.prompt, args.infill, args.hole)
+    texts, nfe = generate(
+        run,
+        args.num,
+        args.steps,
+        args.sampler,
+        args.grid,
+        args.top_p,
+        args.precision,
+        args.seed,
+        args.length,
+        args.prompt,
+        args.infill,
+        args.hole,
+    )
     for i, text in enumerate(texts):
         print(f"=== sample {i} ===\n{text}")
     how = "exact sampler" if args.sampler == "exact" else f"{args.steps} {args.grid} steps"
@@ -101,7 +137,7 @@ def cmd_sample(args) -> int:
 
 # ------------------------------------------------------------------- eval
 def eval_batches(run, data: str | None, split: str, batch_size: int, max_batches: int | None):
-    """Evaluation chunks: the run's own corpus split, another recipe, or any text file (encoded with the run's tokenizer)."""
+    """Evaluation chunks: the run's own split, another recipe, or any text file (encoded with the run's tokenizer)."""
     import numpy as np
 
     from md4.data import TextBatches, eval_chunks, prepare
@@ -116,8 +152,10 @@ def eval_batches(run, data: str | None, split: str, batch_size: int, max_batches
         return eval_chunks(tokens, seq_len, batch_size, max_chunks), f"{data} (all {len(tokens)} tokens)"
     prepared = prepare(data or run.config.data.name, seq_len=seq_len)
     if prepared.tokenizer.to_dict() != run.tokenizer.to_dict():
-        raise DataError(f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
-                        "evaluate on a text file (it is encoded with the model's tokenizer) or the run's own dataset.")
+        raise DataError(
+            f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
+            "evaluate on a text file (it is encoded with the model's tokenizer) or the run's own dataset."
+        )
     source = TextBatches(prepared, seq_len)
     return source.eval_batches(split, batch_size, max_batches), f"{prepared.name} [{split}]"
 
@@ -131,14 +169,17 @@ def cmd_eval(args) -> int:
     results = {"run": str(args.run), "step": run.step}
     for label, steps in (("continuous", None), (f"discrete T={args.steps}", args.steps)):
         batches, name = eval_batches(run, args.data, args.split, batch_size, args.max_batches)
-        est = estimate_nelbo(run.model, batches, draws=args.draws, num_steps=steps, seed=args.seed,
-                             precision=args.precision)
+        est = estimate_nelbo(
+            run.model, batches, draws=args.draws, num_steps=steps, seed=args.seed, precision=args.precision
+        )
         results["data"] = name
         results["continuous" if steps is None else "discrete"] = est.to_dict()
         if not args.json:
-            print(f"{name}, {label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/token, "
-                  f"perplexity <= {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "
-                  f"{est.draws} draws each, seed {args.seed})")
+            print(
+                f"{name}, {label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/token, "
+                f"perplexity <= {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "
+                f"{est.draws} draws each, seed {args.seed})"
+            )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
@@ -214,17 +255,23 @@ def cmd_demo(args) -> int:
     }
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")
-    print(f"test bits/char <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {name}; "
-          f"valid {valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
-          f"{result.tokens_per_second:.0f} train tokens/s; {summary['wall_seconds']:.0f} s in all")
-    print(f"curves: {run_dir / 'curves.png'}; summary: {run_dir / 'demo.json'}; "
-          f"more: md4 sample {run_dir} --num 4, md4 eval {run_dir}")
+    print(
+        f"test bits/char <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {name}; "
+        f"valid {valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
+        f"{result.tokens_per_second:.0f} train tokens/s; {summary['wall_seconds']:.0f} s in all"
+    )
+    print(
+        f"curves: {run_dir / 'curves.png'}; summary: {run_dir / 'demo.json'}; "
+        f"more: md4 sample {run_dir} --num 4, md4 eval {run_dir}"
+    )
     return 0
 
 
 # ----------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="md4", description="Masked discrete diffusion (MD4): train, sample, evaluate.")
+    parser = argparse.ArgumentParser(
+        prog="md4", description="Masked discrete diffusion (MD4): train, sample, evaluate."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model", description="Train an MD4 model into a run directory.")
@@ -233,23 +280,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides such as train.lr=3e-4 model.n_layers=6 (see `md4 presets`)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides such as train.lr=3e-4 model.n_layers=6 (see `md4 presets`)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a trained run", description="Sample from a run's EMA weights.")
     p.add_argument("run", help="run directory written by md4 train")
     p.add_argument("--num", type=int, default=4, help="number of samples (default: %(default)s)")
     p.add_argument("--steps", type=int, default=256, help="reverse steps T (default: %(default)s)")
-    p.add_argument("--sampler", choices=list(SAMPLER_NAMES), default="ancestral",
-                   help="ancestral, top_p or mean on a time grid, or exact (one network call per token; --steps unused)")
+    p.add_argument(
+        "--sampler",
+        choices=list(SAMPLER_NAMES),
+        default="ancestral",
+        help="ancestral, top_p or mean on a time grid, or exact (one network call per token; --steps unused)",
+    )
     p.add_argument("--grid", choices=GRIDS, default="uniform", help="time grid (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.98, help="nucleus mass for --sampler top_p (default: %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float64",
-                   help="float64: exact draws; float32-gumbel: the JAX release's (implicitly truncated) draws")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float64",
+        help="float64: exact draws; float32-gumbel: the JAX release's (implicitly truncated) draws",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--length", type=int,
-                   help="sample length in tokens (default: the training seq_len; with --infill, the template's length)")
+    p.add_argument(
+        "--length",
+        type=int,
+        help="sample length in tokens (default: the training seq_len; with --infill, the template's length)",
+    )
     p.add_argument("--prompt", help="text the samples start with (kept fixed)")
     p.add_argument("--infill", help="text with holes to fill, e.g. 'To be, or ___ to be'; other tokens stay fixed")
     p.add_argument("--hole", default="_", help="the hole character for --infill (default: %(default)s)")
@@ -257,17 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="likelihood bounds on held-out data",
-                       description="NELBO bounds (continuous time and discrete T) in bits/token and perplexity.")
+    p = sub.add_parser(
+        "eval",
+        help="likelihood bounds on held-out data",
+        description="NELBO bounds (continuous time and discrete T) in bits/token and perplexity.",
+    )
     p.add_argument("run", help="run directory written by md4 train")
     p.add_argument("--split", default="valid", help="valid or test of the run's dataset (default: %(default)s)")
-    p.add_argument("--data", help="another dataset: a recipe name or any text file (encoded with the model's tokenizer)")
+    p.add_argument(
+        "--data", help="another dataset: a recipe name or any text file (encoded with the model's tokenizer)"
+    )
     p.add_argument("--draws", type=int, default=1, help="Monte-Carlo draws K per sequence (default: %(default)s)")
     p.add_argument("--steps", type=int, default=1000, help="T of the discrete-time bound (default: %(default)s)")
     p.add_argument("--max-batches", type=int, help="evaluate only this many batches (default: all)")
     p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch size)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="network precision (default: %(default)s)")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="network precision (default: %(default)s)"
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -284,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="print this preset's TOML")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("demo", help="the 10-minute CPU demo: train on Shakespeare, sample, evaluate",
-                       description="Train the shakespeare-char preset, sample, and evaluate on the test split.")
+    p = sub.add_parser(
+        "demo",
+        help="the 10-minute CPU demo: train on Shakespeare, sample, evaluate",
+        description="Train the shakespeare-char preset, sample, and evaluate on the test split.",
+    )
     p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")

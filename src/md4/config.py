@@ -106,9 +106,7 @@ def _field_type(section: str, key: str) -> Any:
         raise ConfigError(f"Unknown config section {section!r}; sections are {', '.join(SECTIONS)}.")
     types = {f.name: f.type for f in fields(SECTIONS[section])}
     if key not in types:
-        raise ConfigError(
-            f"Unknown config key {section}.{key}; valid keys in [{section}] are: {', '.join(types)}."
-        )
+        raise ConfigError(f"Unknown config key {section}.{key}; valid keys in [{section}] are: {', '.join(types)}.")
     return types[key]
 
 
@@ -177,8 +175,18 @@ def validate(config: Config) -> None:
     t, m = config.train, config.model
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}.")
-    for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches",
-                "sample_every", "sample_steps", "checkpoint_every", "keep_checkpoints"):
+    for key in (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "log_every",
+        "eval_every",
+        "eval_batches",
+        "sample_every",
+        "sample_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {getattr(t, key)}.")
     if not 0.0 <= t.ema_decay < 1.0:

@@ -45,7 +45,9 @@ def check_tokens(x: torch.Tensor, vocab_size: int, allow_mask: bool = False, nam
         kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be an integer tensor of token ids, got {kind}; convert it with .long().")
     if x.dim() < 2:
-        raise ValueError(f"{name} must have shape [batch, *data_shape], got shape {tuple(x.shape)}; add a batch dimension.")
+        raise ValueError(
+            f"{name} must have shape [batch, *data_shape], got shape {tuple(x.shape)}; add a batch dimension."
+        )
     top = vocab_size if allow_mask else vocab_size - 1
     if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
         raise ValueError(
@@ -193,7 +195,8 @@ class MD4(nn.Module):
         """One Monte-Carlo draw of the NELBO in nats per sequence [B].
 
         ``num_steps=None`` gives the continuous-time bound L_inf (Eq. 4); an integer T the discrete-time L_T (Eq. 3).
-        Both add the reconstruction term; the prior term at t = 1 is negligible (alpha(1) = eps) and omitted, as in the release.
+        Both add the reconstruction term; the prior term at t = 1 is negligible (alpha(1) = eps) and omitted,
+        as in the release.
         """
         if num_steps is None:
             diffusion = self.continuous_loss(x, labels=labels, generator=generator)

@@ -36,8 +36,12 @@ class BoundEstimate:
         return math.exp(self.nelbo / self.tokens_per_sequence)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "bits_per_token": self.bits_per_token,
-                "bits_per_token_stderr": self.bits_per_token_stderr, "perplexity": self.perplexity}
+        return {
+            **asdict(self),
+            "bits_per_token": self.bits_per_token,
+            "bits_per_token_stderr": self.bits_per_token_stderr,
+            "perplexity": self.perplexity,
+        }
 
 
 @torch.no_grad()
@@ -57,7 +61,7 @@ def estimate_nelbo(
         raise ValueError(f"draws must be a positive integer, got {draws}.")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     per_sequence = []
     tokens = None
     for x in batches:

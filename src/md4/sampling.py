@@ -171,7 +171,8 @@ def sample_exact(denoiser, schedule, z: torch.Tensor, mask_id: int, labels, gene
         t = torch.where(active, next_unmask_time(schedule, t, count, generator), t)
         logits = denoiser(z, t.float()) if labels is None else denoiser(z, t.float(), labels=labels)
         nfe += 1
-        probs = F.softmax(logits.double() if precision == "float64" else logits.float(), dim=-1).reshape(batch, -1, logits.shape[-1])
+        logits = logits.double() if precision == "float64" else logits.float()
+        probs = F.softmax(logits, dim=-1).reshape(batch, -1, logits.shape[-1])
         # the position that unmasks is uniform among the masked ones
         choice = categorical(masked.double(), generator, "float64")
         token = categorical(probs[torch.arange(batch, device=z.device), choice], generator, precision)

@@ -2,8 +2,9 @@
 
 The trainer is written against two small interfaces so other objectives and data slot in:
 the model is a module with ``loss(x) -> (scalar, metrics)``, ``nelbo(x, generator=...)`` and
-``sample(n, ...)`` (its whole state is saved, so learned schedules slot in); the data has ``train_batch(batch_size, generator)``,
-``eval_batches(split, batch_size, max_batches)``, ``decode(tokens)`` and ``shape``.
+``sample(n, ...)`` (its whole state is saved, so learned schedules slot in); the data has
+``train_batch(batch_size, generator)``, ``eval_batches(split, batch_size, max_batches)``, ``decode(tokens)``,
+``tokenizer`` and ``vocab_size``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,17 @@ from md4.run import build_model, read_run_files, resolve_device
 
 # Keys that may change when a run is resumed; any other difference is an error.
 RESUMABLE_KEYS = {
-    "steps", "log_every", "eval_every", "eval_batches", "sample_every", "num_samples",
-    "sample_steps", "checkpoint_every", "keep_checkpoints", "device", "compile",
+    "steps",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "sample_every",
+    "num_samples",
+    "sample_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "device",
+    "compile",
 }
 
 
@@ -119,7 +129,8 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.t.lr, betas=(self.t.beta1, self.t.beta2),
+            lr=self.t.lr,
+            betas=(self.t.beta1, self.t.beta2),
             fused=self.device.type == "cuda",
         )
         self.data_generator = torch.Generator().manual_seed(self.t.seed + 1)
@@ -173,8 +184,14 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return save_checkpoint(
-            self.run_dir, self.step, self.model.state_dict(), self.ema.module.state_dict(),
-            self.optimizer.state_dict(), rng, {"tokens_seen": self.tokens_seen}, keep=self.t.keep_checkpoints,
+            self.run_dir,
+            self.step,
+            self.model.state_dict(),
+            self.ema.module.state_dict(),
+            self.optimizer.state_dict(),
+            rng,
+            {"tokens_seen": self.tokens_seen},
+            keep=self.t.keep_checkpoints,
         )
 
     # ----------------------------------------------------------- training
@@ -239,8 +256,11 @@ class Trainer:
                     metrics["tokens"] = self.tokens_seen
                     window_time, window_tokens, window = now, self.tokens_seen, []
                     self.log.scalars("train", metrics, self.step)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", bpt=f"{metrics['bits_per_token']:.3f}",
-                                    tok_s=f"{metrics['tokens_per_second']:.0f}")
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.3f}",
+                        bpt=f"{metrics['bits_per_token']:.3f}",
+                        tok_s=f"{metrics['tokens_per_second']:.0f}",
+                    )
                 if self.step % self.t.eval_every == 0 or self.step == self.t.steps:
                     last_valid = self.evaluate("valid")
                     self.log.scalars("valid", last_valid, self.step)
@@ -252,15 +272,20 @@ class Trainer:
                     interrupted = True
                     break
         bar.close()
-        if interrupted and (not list_checkpoints(self.run_dir) or latest_checkpoint(self.run_dir).name != f"step_{self.step:08d}"):
+        if interrupted and (
+            not list_checkpoints(self.run_dir) or latest_checkpoint(self.run_dir).name != f"step_{self.step:08d}"
+        ):
             self.save()
         self.log.close()
         self.log.plot(self.run_dir / "curves.png")
         seconds = time.time() - start_time
         return TrainResult(
-            self.run_dir, self.step, interrupted,
+            self.run_dir,
+            self.step,
+            interrupted,
             None if last_valid is None else last_valid["bits_per_token"],
-            (self.tokens_seen - start_tokens) / max(seconds, 1e-9), seconds,
+            (self.tokens_seen - start_tokens) / max(seconds, 1e-9),
+            seconds,
         )
 
 

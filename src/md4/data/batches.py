@@ -19,7 +19,6 @@ class TextBatches:
         self.tokenizer = prepared.tokenizer
         self.vocab_size = prepared.tokenizer.vocab_size
         self.seq_len = seq_len
-        self.shape = (seq_len,)
 
     def _split(self, split: str):
         if split not in self.prepared.splits:

@@ -49,8 +49,12 @@ def encoding_from_files(encoder_json: Path, vocab_bpe: Path) -> tiktoken.Encodin
         encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
         ranks = {bytes(byte_of[c] for c in token): rank for token, rank in encoder.items() if token != EOS}
         merges = [line.split() for line in vocab_bpe.read_text(encoding="utf-8").split("\n")[1:] if line]
-        consistent = encoder.get(EOS) == EOS_ID and len(ranks) == 256 + len(merges) and all(
-            ranks.get(bytes(byte_of[c] for c in left + right)) == 256 + i for i, (left, right) in enumerate(merges)
+        consistent = (
+            encoder.get(EOS) == EOS_ID
+            and len(ranks) == 256 + len(merges)
+            and all(
+                ranks.get(bytes(byte_of[c] for c in left + right)) == 256 + i for i, (left, right) in enumerate(merges)
+            )
         )
     except (OSError, KeyError, TypeError, ValueError):
         consistent = False
@@ -60,8 +64,11 @@ def encoding_from_files(encoder_json: Path, vocab_bpe: Path) -> tiktoken.Encodin
             "delete them so md4 fetches fresh copies."
         )
     return tiktoken.Encoding(
-        name="gpt2", pat_str=PATTERN, mergeable_ranks=ranks,
-        special_tokens={EOS: EOS_ID}, explicit_n_vocab=EOS_ID + 1,
+        name="gpt2",
+        pat_str=PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={EOS: EOS_ID},
+        explicit_n_vocab=EOS_ID + 1,
     )
 
 

@@ -24,7 +24,7 @@ CARVE_FRACTION = 0.005
 
 def parse_hub_name(spec: str) -> tuple[str, str | None]:
     """``"hf:NAME[:CONFIG]"`` -> ``(NAME, CONFIG or None)``."""
-    name, _, config = spec[len(PREFIX):].partition(":")
+    name, _, config = spec[len(PREFIX) :].partition(":")
     if not spec.startswith(PREFIX) or not name:
         raise DataError(f"{spec!r} is not a hub dataset; write it as hf:NAME or hf:NAME:CONFIG.")
     return name, config or None

@@ -12,9 +12,7 @@ from md4.data.errors import DataError
 
 def _check(tokens: np.ndarray, seq_len: int, batch_size: int) -> None:
     if seq_len < 1 or batch_size < 1:
-        raise DataError(
-            f"seq_len and batch_size must be positive, got seq_len={seq_len} and batch_size={batch_size}."
-        )
+        raise DataError(f"seq_len and batch_size must be positive, got seq_len={seq_len} and batch_size={batch_size}.")
     if len(tokens) < seq_len:
         raise DataError(
             f"the split has {len(tokens)} tokens, fewer than seq_len={seq_len}; "
@@ -46,5 +44,5 @@ def eval_chunks(
     n = num_chunks(tokens, seq_len) if max_chunks is None else min(max_chunks, num_chunks(tokens, seq_len))
     for first in range(0, n, batch_size):
         rows = min(batch_size, n - first)
-        chunk = tokens[first * seq_len:(first + rows) * seq_len]
+        chunk = tokens[first * seq_len : (first + rows) * seq_len]
         yield torch.from_numpy(np.asarray(chunk, dtype=np.int64).reshape(rows, seq_len))

@@ -24,6 +24,6 @@ def contiguous_split(tokens: np.ndarray) -> dict[str, np.ndarray]:
     train, valid, _ = split_sizes(len(tokens))
     return {
         "train": tokens[:train],
-        "valid": tokens[train:train + valid],
-        "test": tokens[train + valid:],
+        "valid": tokens[train : train + valid],
+        "test": tokens[train + valid :],
     }

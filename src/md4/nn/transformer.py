@@ -56,13 +56,10 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         if self.mlp_type not in MLP_ACTIVATIONS:
-            raise ValueError(
-                f"Unknown mlp_type {self.mlp_type!r}; use one of {sorted(MLP_ACTIVATIONS)}."
-            )
+            raise ValueError(f"Unknown mlp_type {self.mlp_type!r}; use one of {sorted(MLP_ACTIVATIONS)}.")
         if self.time_conditioning not in TIME_CONDITIONINGS:
             raise ValueError(
-                f"Unknown time_conditioning {self.time_conditioning!r}; "
-                f"use one of {list(TIME_CONDITIONINGS)}."
+                f"Unknown time_conditioning {self.time_conditioning!r}; use one of {list(TIME_CONDITIONINGS)}."
             )
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "mlp_hidden_multiple"):
             if getattr(self, name) < 1:
@@ -73,13 +70,11 @@ class TransformerConfig:
                 raise ValueError(f"{name} must be None or a positive integer, got {value}.")
         if self.dim % self.n_heads:
             raise ValueError(
-                f"dim={self.dim} is not divisible by n_heads={self.n_heads}; "
-                "choose dim as a multiple of n_heads."
+                f"dim={self.dim} is not divisible by n_heads={self.n_heads}; choose dim as a multiple of n_heads."
             )
         if self.head_dim % 2:
             raise ValueError(
-                f"Head dim dim/n_heads={self.head_dim} is odd but RoPE needs it even; "
-                "change dim or n_heads."
+                f"Head dim dim/n_heads={self.head_dim} is odd but RoPE needs it even; change dim or n_heads."
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
@@ -118,13 +113,9 @@ class TransformerConfig:
         return replace(base, **overrides)
 
 
-def rope_angles(
-    positions: torch.Tensor, head_dim: int, theta: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 ``cos, sin [L, head_dim // 2]`` of rotary embeddings (RoPE, Su et al. 2021)."""
-    inv_freq = theta ** -(
-        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    )
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
 
@@ -142,9 +133,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM) -> torch.Tensor:
     """Sinusoidal features ``[B, dim]`` of ``1000 * t`` (method file s.8), computed in float32."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
-    )
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = 1000.0 * t.to(torch.float32)[:, None] * freqs[None, :]
     return torch.cat((args.cos(), args.sin()), dim=-1)
 
@@ -214,17 +203,13 @@ class Block(nn.Module):
         if config.conditioned:
             self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
             self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
-            self.modulation = nn.Sequential(
-                nn.SiLU(), nn.Linear(config.conditioning_width, 6 * config.dim, bias=False)
-            )
+            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.conditioning_width, 6 * config.dim, bias=False))
         else:
             self.norm1 = RMSNorm(config.dim, config.norm_eps)
             self.norm2 = RMSNorm(config.dim, config.norm_eps)
             self.modulation = None
 
-    def forward(
-        self, x: torch.Tensor, c: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.modulation is None:
             x = x + self.dropout(self.attn(self.norm1(x), cos, sin))
             return x + self.dropout(self.mlp(self.norm2(x)))
@@ -256,19 +241,13 @@ class Transformer(nn.Module):
                 nn.Linear(config.outside_embed_dim, d, bias=False),
             )
         self.embed_dropout = nn.Dropout(config.dropout)
-        self.position_embed = (
-            None if config.max_positions is None else nn.Embedding(config.max_positions, d)
-        )
+        self.position_embed = None if config.max_positions is None else nn.Embedding(config.max_positions, d)
         self.time_mlp = (
             None
             if self.time_independent
-            else nn.Sequential(
-                nn.Linear(TIME_FREQ_DIM, c, bias=False), nn.SiLU(), nn.Linear(c, c, bias=False)
-            )
+            else nn.Sequential(nn.Linear(TIME_FREQ_DIM, c, bias=False), nn.SiLU(), nn.Linear(c, c, bias=False))
         )
-        self.class_embed = (
-            None if config.num_classes is None else nn.Embedding(config.num_classes, c)
-        )
+        self.class_embed = None if config.num_classes is None else nn.Embedding(config.num_classes, c)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         if config.conditioned:
             self.final_norm = nn.LayerNorm(d, eps=config.norm_eps, elementwise_affine=False)
@@ -312,18 +291,13 @@ class Transformer(nn.Module):
     def _check_inputs(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> None:
         batch = z.shape[0] if z.dim() else 0
         if z.is_floating_point() or z.is_complex() or z.dtype == torch.bool:
-            raise ValueError(
-                f"z must be an integer tensor of token ids, got dtype {z.dtype}; pass a LongTensor."
-            )
+            raise ValueError(f"z must be an integer tensor of token ids, got dtype {z.dtype}; pass a LongTensor.")
         if z.dim() < 2:
             raise ValueError(
-                f"z must have shape [B, *shape] with at least 2 dims, got {tuple(z.shape)}; "
-                "add a batch dimension."
+                f"z must have shape [B, *shape] with at least 2 dims, got {tuple(z.shape)}; add a batch dimension."
             )
         if t.shape != (batch,):
-            raise ValueError(
-                f"t must have shape [B]=[{batch}], got {tuple(t.shape)}; pass one time per example."
-            )
+            raise ValueError(f"t must have shape [B]=[{batch}], got {tuple(t.shape)}; pass one time per example.")
         if self.class_embed is None:
             if labels is not None:
                 raise ValueError(
@@ -337,9 +311,7 @@ class Transformer(nn.Module):
                 f"labels of shape [B]=[{batch}], got {got}; pass one class id per example."
             )
 
-    def forward(
-        self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, *shape, V]`` over the real tokens for every position of ``z``.
 
         Token ranges are not checked here (that would sync the GPU); the diffusion wrapper does it.
