@@ -48,7 +48,7 @@ def main() -> None:
     if args.model == "text8":
         cfg = TransformerConfig.release_text8()
     else:
-        cfg = TransformerConfig(vocab_size=84, dim=256, n_layers=4, n_heads=4)
+        cfg = TransformerConfig(vocab_size=84, dim=192, n_layers=4, n_heads=3)
     model = Transformer(cfg).to(args.device).train()
     z = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
     t = torch.rand(args.batch, device=args.device)
