@@ -21,14 +21,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("MD4_CACHE_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(f"To be, or not to be, that is the question {i}." for i in range(300)))
-    return path
-
-
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out = capsys.readouterr()

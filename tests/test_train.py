@@ -29,15 +29,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("MD4_CACHE_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    lines = [f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}." for i in range(400)]
-    path.write_text("\n".join(lines))
-    return path
-
-
 def tiny_config(corpus, *extra):
     return build_config("shakespeare-char", TINY + list(extra), data=str(corpus))
 
