@@ -121,12 +121,18 @@ def test_categorical_precisions_draw_the_right_frequencies():
         assert freq[3] == 0
 
 
-def test_float32_gumbel_truncates_tiny_probabilities():
-    """Max float32 Gumbel noise minus min is < 21.2, so a token 1e-10 times less likely is never drawn."""
-    tiny = torch.finfo(torch.float32).tiny
-    top_u = torch.tensor(1.0 - 2**-24)
-    spread = -torch.log(-torch.log(top_u)) + torch.log(-torch.log(torch.tensor(tiny)))
-    assert float(spread) < -math.log(1e-10)
+def test_float32_gumbel_truncates_tiny_probabilities(monkeypatch):
+    """Even with the most favourable float32 uniforms, Gumbel-max never draws a 1e-10 token; float64 inverse-CDF can."""
+    probs = torch.tensor([[1 - 1e-10, 1e-10]])
+
+    def extreme_rand(shape, dtype=None, **kwargs):
+        if dtype == torch.float32:  # the largest noise on the tiny token, the smallest on the big one
+            return torch.tensor([[0.0, 1.0 - 2**-24]], dtype=dtype).expand(shape)
+        return torch.full(shape, 1.0 - 5e-11, dtype=dtype)  # lands in the tiny token's CDF interval
+
+    monkeypatch.setattr(torch, "rand", extreme_rand)
+    assert int(categorical(probs, None, "float32-gumbel")[0]) == 0
+    assert int(categorical(probs, None, "float64")[0]) == 1
 
 
 def test_nucleus():

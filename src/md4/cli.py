@@ -268,6 +268,12 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------- parser
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that load a trained run."""
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="md4", description="Masked discrete diffusion (MD4): train, sample, evaluate."
@@ -315,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="text the samples start with (kept fixed)")
     p.add_argument("--infill", help="text with holes to fill, e.g. 'To be, or ___ to be'; other tokens stay fixed")
     p.add_argument("--hole", default="_", help="the hole character for --infill (default: %(default)s)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    add_model_options(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(
@@ -337,8 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32", help="network precision (default: %(default)s)"
     )
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
 from md4.diffusion import MD4
+from md4.run import autocast
 
 
 @dataclass
@@ -61,13 +61,12 @@ def estimate_nelbo(
         raise ValueError(f"draws must be a positive integer, got {draws}.")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     per_sequence = []
     tokens = None
     for x in batches:
         x = x.to(device)
         tokens = x[0].numel()
-        with autocast:
+        with autocast(device, precision):
             total = sum(model.nelbo(x, num_steps=num_steps, generator=generator).double() for _ in range(draws))
         per_sequence.append(total / draws)
     if tokens is None:

@@ -14,7 +14,7 @@ import json
 import math
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from md4.checkpoint import (
 from md4.config import Config, ConfigError
 from md4.evaluate import estimate_nelbo
 from md4.metrics_log import MetricsLog
-from md4.run import build_model, read_run_files, resolve_device
+from md4.run import autocast, build_model, read_run_files, resolve_device
 
 # Keys that may change when a run is resumed; any other difference is an error.
 RESUMABLE_KEYS = {
@@ -195,11 +195,6 @@ class Trainer:
         )
 
     # ----------------------------------------------------------- training
-    def _autocast(self):
-        if self.t.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches, each with fresh data and noise."""
         lr = learning_rate(self.step, self.t)
@@ -209,7 +204,7 @@ class Trainer:
         total, bits = 0.0, 0.0
         for _ in range(self.t.grad_accum):
             x = self.data.train_batch(self.t.batch_size, self.data_generator).to(self.device, non_blocking=True)
-            with self._autocast():
+            with autocast(self.device, self.t.precision):
                 loss, metrics = self.model.loss(x)
             (loss / self.t.grad_accum).backward()
             total += float(metrics["loss"]) / self.t.grad_accum
