@@ -1,9 +1,11 @@
 """Forward + backward time of a transformer denoiser, float32 vs bf16 autocast.
 
 Usage: python benchmarks/bench_transformer.py [--model text8|demo] [--batch 8] [--seq 256] [--threads 2] [--device cpu]
-``text8`` is the release's text8 network; ``demo`` the shakespeare-char preset's (V = 84).
-Prints a markdown table: median of --repeats timed runs after --warmup untimed ones,
-the two precisions interleaved.
+``text8`` is the authors' release's text8 network, ``TransformerConfig.release_text8()``: 12 layers x 768,
+12 heads, GLU MLP, adaLN-Zero on a 64-wide conditioning vector, 64-d outside embedding, 88,734,272
+parameters, in training mode (Dropout1d residual and attention dropout 0.05). ``demo`` is the
+shakespeare-char preset's network (V = 84). Prints a markdown table: median of --repeats timed runs
+after --warmup untimed ones, the two precisions interleaved.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from oracle import OracleDenoiser  # noqa: E402
+from oracle import OracleDenoiser  # tests/ is on sys.path: pytest imports this conftest from there
 
 torch.set_num_threads(2)
 
@@ -22,3 +17,13 @@ def corpus(tmp_path, monkeypatch):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(f"To be, or not to be, that is the question {i}." for i in range(300)))
     return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare_cache(tmp_path_factory):
+    """A data cache in which the shakespeare recipe has been prepared once for the whole test session."""
+    from md4.data import prepare
+
+    cache = tmp_path_factory.mktemp("shakespeare-cache")
+    prepare("shakespeare", cache_dir=cache)
+    return cache

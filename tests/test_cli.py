@@ -7,9 +7,9 @@ import pytest
 from md4.cli import main
 
 TINY = [
-    "model.dim=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
+    "net.dim=32",
+    "net.n_layers=1",
+    "net.n_heads=2",
     "data.seq_len=32",
     "train.batch_size=4",
     "train.eval_every=2",
@@ -53,7 +53,7 @@ def test_train_resume_sample_eval(corpus, tmp_path, capsys):
         "top_p",
         "--grid",
         "cosine",
-        "--precision",
+        "--categorical",
         "float32-gumbel",
     )
     text = out.split("\n", 1)[1].rstrip("\n")
@@ -140,8 +140,8 @@ def test_help_explains_every_option(capsys):
     assert "--top-p" in capsys.readouterr().out
 
 
-def test_demo_trains_samples_evaluates_and_can_rerun(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MD4_CACHE_DIR", str(tmp_path / "cache"))
+def test_demo_trains_samples_evaluates_and_can_rerun(tmp_path, capsys, monkeypatch, shakespeare_cache):
+    monkeypatch.setenv("MD4_CACHE_DIR", str(shakespeare_cache))
     out_dir = tmp_path / "demo"
     args = [
         "demo",

@@ -3,9 +3,9 @@
 import math
 
 import torch
+from oracle import OracleDenoiser
 
 from md4 import MD4, Transformer, TransformerConfig
-from oracle import OracleDenoiser
 
 
 def test_small_transformer_nelbo_approaches_the_entropy():

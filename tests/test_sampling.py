@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from md4.sampling import SAMPLER_NAMES, categorical, nucleus, prefix_init, sample, time_grid
+from md4.diffusion import MD4
+from md4.sampling import SAMPLER_NAMES, SAMPLERS, categorical, nucleus, prefix_init, sample, time_grid
+from md4.schedules import get_schedule
+
+
+def model_of(denoiser, schedule="linear", vocab_size=3):
+    return MD4(denoiser, vocab_size=vocab_size, schedule=schedule)
 
 
 def _empirical_tv(oracle, tokens):
@@ -22,34 +28,36 @@ def _tv_tolerance(oracle, n):
 )
 def test_many_steps_reproduce_the_joint(oracle, sampler, precision):
     n = 20000
-    out = sample(oracle, "linear", (n, 4), 3, num_steps=200, sampler=sampler, precision=precision, seed=0)
+    out = sample(model_of(oracle, "linear"), n, shape=(4,), steps=200, sampler=sampler, categorical=precision, seed=0)
     assert _empirical_tv(oracle, out.tokens) < _tv_tolerance(oracle, n)
 
 
 def test_one_step_gives_the_product_of_marginals_not_the_joint(oracle):
     """The test above can fail: one step unmasks all tokens independently."""
     n = 20000
-    out = sample(oracle, "linear", (n, 4), 3, num_steps=1, seed=0)
+    out = sample(model_of(oracle, "linear"), n, shape=(4,), steps=1, seed=0)
     assert _empirical_tv(oracle, out.tokens) > 5 * _tv_tolerance(oracle, n)
 
 
 def test_cosine_grid_and_top_p_one_also_match(oracle):
     n = 20000
-    out = sample(oracle, "cosine", (n, 4), 3, num_steps=200, grid="cosine", sampler="top_p", top_p=1.0, seed=1)
+    out = sample(
+        model_of(oracle, "cosine"), n, shape=(4,), steps=200, grid="cosine", sampler="top_p", top_p=1.0, seed=1
+    )
     assert _empirical_tv(oracle, out.tokens) < _tv_tolerance(oracle, n)
 
 
 def test_cached_sampler_equals_uncached_with_fewer_calls(oracle):
-    kwargs = dict(num_steps=200, seed=3)
-    cached = sample(oracle, "cosine", (64, 4), 3, time_independent=True, **kwargs)
-    uncached = sample(oracle, "cosine", (64, 4), 3, time_independent=False, **kwargs)
+    kwargs = dict(steps=200, seed=3)
+    cached = sample(model_of(oracle, "cosine"), 64, shape=(4,), **kwargs)
+    uncached = sample(model_of(lambda z, t: oracle(z, t), "cosine"), 64, shape=(4,), **kwargs)  # hides the flag
     assert torch.equal(cached.tokens, uncached.tokens)
     assert uncached.nfe == 200 and cached.nfe < uncached.nfe
 
 
 def test_cached_sampler_is_exact_for_a_single_sequence(oracle):
     """Batch of one: at most D + 1 calls for D positions, whatever the number of steps."""
-    out = sample(oracle, "linear", (1, 4), 3, num_steps=10000, seed=0)
+    out = sample(model_of(oracle, "linear"), 1, shape=(4,), steps=10000, seed=0)
     assert out.nfe <= 5
 
 
@@ -65,7 +73,9 @@ def test_conditioning_tokens_never_change_and_no_mask_left(sampler):
     init[:, 0] = 4
     init[:, 5] = 2
     init[:, -1] = 0
-    out = sample(denoiser, "linear", (8, 12), 5, num_steps=7, sampler=sampler, init=init, seed=0)
+    out = sample(
+        model_of(denoiser, "linear", vocab_size=5), 8, shape=(12,), steps=7, sampler=sampler, init=init, seed=0
+    )
     assert torch.all(out.tokens[:, [0, 5, 11]] == torch.tensor([4, 2, 0]))
     assert out.tokens.max() < 5 and out.tokens.min() >= 0
     assert out.nfe == len(calls) == 9 if sampler == "exact" else out.nfe == len(calls) <= 8  # 9 free positions
@@ -75,7 +85,7 @@ def test_prefix_infilling_respects_the_oracle_conditional(oracle):
     """Prefix [2, 2]: the samples follow p(x_3, x_4 | x_1 = 2, x_2 = 2)."""
     n = 20000
     init = prefix_init(torch.tensor([2, 2]), (n, 4), mask_id=3)
-    out = sample(oracle, "linear", (n, 4), 3, num_steps=200, init=init, seed=0)
+    out = sample(model_of(oracle, "linear"), n, shape=(4,), steps=200, init=init, seed=0)
     assert torch.all(out.tokens[:, :2] == 2)
     rows = (oracle.configs[:, :2] == 2).all(-1)
     cond = oracle.probs[rows] / oracle.probs[rows].sum()
@@ -87,7 +97,7 @@ def test_prefix_infilling_respects_the_oracle_conditional(oracle):
 def test_final_decode_takes_the_argmax():
     """With two steps on a poly schedule few positions unmask; the rest take argmax mu."""
     logits = torch.tensor([0.0, 5.0, 1.0])
-    out = sample(lambda z, t: logits.expand(*z.shape, 3), "poly8", (4, 50), 3, num_steps=1, seed=0)
+    out = sample(model_of(lambda z, t: logits.expand(*z.shape, 3), "poly8"), 4, shape=(50,), steps=1, seed=0)
     assert (out.tokens == 1).float().mean() > 0.95
 
 
@@ -95,12 +105,12 @@ def test_same_seed_same_samples_and_generator_advances():
     def denoiser(z, t):
         return torch.linspace(0, 1, 6).expand(*z.shape, 6)
 
-    a = sample(denoiser, "linear", (4, 16), 6, num_steps=10, seed=11)
-    b = sample(denoiser, "linear", (4, 16), 6, num_steps=10, seed=11)
+    a = sample(model_of(denoiser, "linear", vocab_size=6), 4, shape=(16,), steps=10, seed=11)
+    b = sample(model_of(denoiser, "linear", vocab_size=6), 4, shape=(16,), steps=10, seed=11)
     assert torch.equal(a.tokens, b.tokens)
     g = torch.Generator().manual_seed(11)
-    c = sample(denoiser, "linear", (4, 16), 6, num_steps=10, generator=g)
-    d = sample(denoiser, "linear", (4, 16), 6, num_steps=10, generator=g)
+    c = sample(model_of(denoiser, "linear", vocab_size=6), 4, shape=(16,), steps=10, generator=g)
+    d = sample(model_of(denoiser, "linear", vocab_size=6), 4, shape=(16,), steps=10, generator=g)
     assert torch.equal(a.tokens, c.tokens) and not torch.equal(c.tokens, d.tokens)
 
 
@@ -144,7 +154,9 @@ def test_nucleus():
 
 def test_top_p_removes_the_tail():
     logits = torch.log(torch.tensor([0.6, 0.39, 0.01]))
-    out = sample(lambda z, t: logits.expand(*z.shape, 3), "linear", (64, 64), 3, sampler="top_p", top_p=0.9, seed=0)
+    out = sample(
+        model_of(lambda z, t: logits.expand(*z.shape, 3), "linear"), 64, shape=(64,), sampler="top_p", top_p=0.9, seed=0
+    )
     assert not (out.tokens == 2).any()
 
 
@@ -153,8 +165,8 @@ def test_top_p_removes_the_tail():
     [
         (dict(sampler="beam"), "valid samplers are: ancestral, top_p, mean, exact"),
         (dict(grid="log"), "valid grids are: uniform, cosine"),
-        (dict(precision="float16"), "valid options are"),
-        (dict(num_steps=0), "num_steps"),
+        (dict(categorical="float16"), "valid options are"),
+        (dict(steps=0), "steps must be"),
         (dict(top_p=0.0), "top_p"),
         (dict(init=torch.zeros(2, 4)), "integer"),
         (dict(init=torch.full((2, 4), 9)), r"\[0, 3\]"),
@@ -164,7 +176,7 @@ def test_top_p_removes_the_tail():
 )
 def test_bad_sampler_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        sample(lambda z, t: torch.zeros(*z.shape, 3), "linear", (2, 4), 3, **kwargs)
+        sample(model_of(lambda z, t: torch.zeros(*z.shape, 3), "linear"), 2, shape=(4,), **kwargs)
 
 
 def test_prefix_longer_than_sample():
@@ -175,7 +187,7 @@ def test_prefix_longer_than_sample():
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_exact_sampler_reproduces_the_joint_with_one_call_per_token(oracle, schedule):
     n = 20000
-    out = sample(oracle, schedule, (n, 4), 3, sampler="exact", seed=0)
+    out = sample(model_of(oracle, schedule), n, shape=(4,), sampler="exact", seed=0)
     assert out.nfe == 4
     assert _empirical_tv(oracle, out.tokens) < _tv_tolerance(oracle, n)
 
@@ -190,7 +202,7 @@ def test_exact_sampler_conditioning_and_decreasing_times():
     init = torch.full((3, 6), 5)
     init[0] = torch.tensor([1, 2, 3, 4, 0, 1])  # nothing to generate in row 0
     init[1, :4] = 2
-    out = sample(denoiser, "poly2", (3, 6), 5, sampler="exact", init=init, seed=0)
+    out = sample(model_of(denoiser, "poly2", vocab_size=5), 3, shape=(6,), sampler="exact", init=init, seed=0)
     assert torch.equal(out.tokens[0], init[0]) and torch.all(out.tokens[1, :4] == 2)
     assert out.tokens.max() < 5 and out.nfe == 6 == len(seen)
     times = torch.stack(seen)  # [calls, B]; row 2 unmasks one token per call, at decreasing times
@@ -200,10 +212,61 @@ def test_exact_sampler_conditioning_and_decreasing_times():
 def test_next_unmask_time_is_the_latest_of_m_uniform_times():
     """Linear schedule: given masked at t = 1, each position's time is ~U(0, 1); the next event is their max."""
     from md4.sampling import next_unmask_time
-    from md4.schedules import get_schedule
 
     g = torch.Generator().manual_seed(0)
-    schedule = get_schedule("linear", eps=0.0)
+    schedule = get_schedule("linear", eps=1e-9)
     for m in (1, 3, 10):
         s = next_unmask_time(schedule, torch.ones(100000, dtype=torch.float64), torch.full((100000,), m), g)
         assert abs(float(s.mean()) - m / (m + 1)) < 0.005
+
+
+class PerTokenPoly(torch.nn.Module):
+    """A per-token schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} (GenMD4's family), alpha [..., V]."""
+
+    per_token = True
+    name = "per-token-poly"
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.as_tensor(w, dtype=torch.float64)
+
+    def alpha(self, t):
+        return 1.0 - (1.0 - 1e-4) * t[..., None] ** self.w
+
+
+@pytest.mark.parametrize("name", ["ancestral", "mean"])
+def test_per_token_step_matches_the_reverse_transition(name):
+    """p(z_s = v) = mu_v (a_v(s) - a_v(t)) / (1 - a_v(t)), the rest stays masked (a per-token schedule)."""
+    schedule = PerTokenPoly([0.5, 1.0, 3.0])
+    mu = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64).expand(200000, -1)
+    a_t, a_s = schedule.alpha(torch.tensor(0.8, dtype=torch.float64)), schedule.alpha(torch.tensor(0.5))
+    draws = SAMPLERS[name].step(mu, a_s, a_t, 3, torch.Generator().manual_seed(0), "float64")
+    freq = torch.bincount(draws, minlength=4).double() / len(draws)
+    expected = mu[0] * (a_s - a_t) / (1 - a_t)
+    assert torch.allclose(freq[:3], expected, atol=0.004)
+    assert freq[3] == pytest.approx(1 - float(expected.sum()), abs=0.004)
+
+
+def test_grid_samplers_run_with_a_per_token_schedule_and_exact_refuses_it():
+    model = model_of(lambda z, t: torch.zeros(*z.shape, 3))
+    model.schedule = PerTokenPoly([0.5, 1.0, 3.0])
+    for name in ("ancestral", "top_p", "mean"):
+        out = sample(model, 16, shape=(10,), steps=8, sampler=name, seed=0)
+        assert out.tokens.shape == (16, 10) and out.tokens.max() < 3
+    with pytest.raises(ValueError, match="exact sampler needs one schedule shared by every token"):
+        sample(model, 2, shape=(4,), sampler="exact")
+
+
+def test_the_sampler_uses_the_schedule_the_model_was_trained_with():
+    """eps = 0.2: one step unmasks with probability (a(0) - a(1)) / (1 - a(1)) = 0.75; the rest takes argmax mu."""
+    logits = torch.log(torch.tensor([0.6, 0.4]))
+    model = MD4(lambda z, t: logits.expand(*z.shape, 2), vocab_size=2, schedule=get_schedule("linear", eps=0.2))
+    out = sample(model, 400, shape=(100,), steps=1, seed=0)
+    assert float((out.tokens == 1).double().mean()) == pytest.approx(0.75 * 0.4, abs=0.01)
+
+
+def test_every_registered_sampler_is_a_whole_sampler(oracle):
+    for name, sampler in SAMPLERS.items():
+        out = sample(model_of(oracle), 64, shape=(4,), steps=16, sampler=name, seed=0)
+        assert out.tokens.shape == (64, 4) and out.tokens.max() < 3 and sampler.description
+        assert out.nfe == 4 if not sampler.uses_grid else out.nfe <= 17

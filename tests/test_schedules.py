@@ -39,9 +39,9 @@ def test_weights_equal_closed_forms():
     assert torch.allclose(get_schedule("poly2.5").weight(t), poly, rtol=1e-12)
     cos = -c * (math.pi / 2) * torch.sin(math.pi / 2 * (1 - t)) / (c * torch.cos(math.pi / 2 * (1 - t)) + eps)
     assert torch.allclose(get_schedule("cosine").weight(t), cos, rtol=1e-10)
-    # Without the clamp the linear weight is exactly -1/t.
+    # With a vanishing clamp the linear weight is -1/t.
     tt = torch.linspace(0.1, 1, 10, dtype=torch.float64)
-    assert torch.allclose(get_schedule("linear", eps=0).weight(tt), -1 / tt)
+    assert torch.allclose(get_schedule("linear", eps=1e-12).weight(tt), -1 / tt)
 
 
 @pytest.mark.parametrize("name", NAMES + ["poly0.01", "poly50"])
@@ -66,6 +66,20 @@ def test_unknown_schedule_lists_valid_names(bad):
         get_schedule(bad)
 
 
-def test_bad_eps():
-    with pytest.raises(ValueError, match="eps"):
-        get_schedule("linear", eps=0.7)
+@pytest.mark.parametrize("eps", [0.7, 0.5, 0.0, -1e-4])
+def test_bad_eps(eps):
+    with pytest.raises(ValueError, match=r"eps must be in \(0, 0.5\)"):
+        get_schedule("linear", eps=eps)
+
+
+def test_schedule_is_a_module_owned_by_the_model():
+    """The schedule is a submodule: it moves with the model and its (future learnable) state is in the state dict."""
+    from md4 import MD4
+
+    model = MD4(lambda z, t: None, vocab_size=3, schedule="cosine", eps=1e-3)
+    assert isinstance(model.schedule, torch.nn.Module) and model.schedule in list(model.modules())
+    assert model.schedule.eps == 1e-3 and not model.schedule.per_token
+    built = get_schedule("poly2", eps=2e-4)
+    assert MD4(lambda z, t: None, vocab_size=3, schedule=built).schedule is built
+    with pytest.raises(ValueError, match="eps belongs to the schedule"):
+        MD4(lambda z, t: None, vocab_size=3, schedule=built, eps=1e-4)

@@ -1,5 +1,6 @@
 """Training loop, checkpoints and resume: exactness and failure handling on a tiny real corpus."""
 
+import copy
 import json
 import os
 import signal
@@ -9,14 +10,17 @@ import torch
 
 from md4.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from md4.config import ConfigError, build_config, resume_config
-from md4.data import TextBatches, prepare
-from md4.run import build_model, load_run
-from md4.train import EMA, Trainer, learning_rate, train
+from md4.data import ArrayDataset, RawCodec, TokenStream, prepare
+from md4.evaluate import estimate_nelbo
+from md4.models import DataSpec, build_model
+from md4.run import load_run
+from md4.sampling import sample
+from md4.train import EMA, Trainer, learning_rate, parameter_groups, train
 
 TINY = [
-    "model.dim=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
+    "net.dim=32",
+    "net.n_layers=1",
+    "net.n_heads=2",
     "data.seq_len=32",
     "train.batch_size=4",
     "train.log_every=1",
@@ -56,8 +60,8 @@ def test_run_directory_alone_rebuilds_the_model(corpus, tmp_path):
     train(tiny_config(corpus, "train.steps=3"), tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
     assert run.step == 3 and not run.model.training
-    out = run.model.sample(2, num_steps=4, seed=0)
-    assert out.tokens.shape == (2, 32) and int(out.tokens.max()) < run.tokenizer.vocab_size
+    out = sample(run.model, 2, steps=4, seed=0)
+    assert out.tokens.shape == (2, 32) and int(out.tokens.max()) < run.codec.vocab_size
     ckpt = load_checkpoint(run.checkpoint)
     assert set(ckpt.state) >= {"step", "tokens_seen"} and "data" in ckpt.rng and ckpt.optimizer["state"]
 
@@ -90,7 +94,7 @@ def test_ctrl_c_saves_and_stops_cleanly_then_resumes(corpus, tmp_path):
     config = tiny_config(corpus, "train.steps=10", "train.checkpoint_every=100")
     prepared = prepare(str(corpus))
 
-    class InterruptAtThirdBatch(TextBatches):
+    class InterruptAtThirdBatch(TokenStream):
         calls = 0
 
         def train_batch(self, batch_size, generator):
@@ -101,7 +105,8 @@ def test_ctrl_c_saves_and_stops_cleanly_then_resumes(corpus, tmp_path):
 
     torch.manual_seed(0)
     data = InterruptAtThirdBatch(prepared, 32)
-    result = Trainer(config, build_model(config, data.vocab_size), data, tmp_path / "run", progress=False).fit()
+    model = build_model(config, DataSpec.of(data))
+    result = Trainer(config, model, data, tmp_path / "run", progress=False).fit()
     assert result.interrupted and result.step == 3
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000003"]
     resumed = train(resume_config(tmp_path / "run", []), tmp_path / "run", resume=True, progress=False)
@@ -151,8 +156,8 @@ def test_corrupt_checkpoint_is_a_clear_error(corpus, tmp_path, damage):
 def test_resume_refuses_a_different_config_or_vocabulary(corpus, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny_config(corpus, "train.steps=3"), run_dir, progress=False)
-    with pytest.raises(ConfigError, match=r"model.dim \(32 -> 48\)"):
-        train(resume_config(run_dir, ["model.dim=48"]), run_dir, resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"net.dim \(32 -> 48\)"):
+        train(resume_config(run_dir, ["net.dim=48"]), run_dir, resume=True, progress=False)
     other = corpus.with_name("other.txt")
     other.write_text("completely different letters: XYZ 0123456789 " * 100)
     config = resume_config(run_dir, [])
@@ -191,10 +196,71 @@ def test_ema_update_is_an_exponential_average():
 
 
 def test_grad_accumulation_averages_micro_batches(corpus, tmp_path):
-    """accum=2 of batch 4 sees 2x the tokens of accum=1 and its loss is the micro-batch mean."""
-    one = train(tiny_config(corpus, "train.steps=2"), tmp_path / "a", progress=False)
-    two = train(tiny_config(corpus, "train.steps=2", "train.grad_accum=2"), tmp_path / "b", progress=False)
-    a = load_checkpoint(list_checkpoints(tmp_path / "a")[-1]).state["tokens_seen"]
-    b = load_checkpoint(list_checkpoints(tmp_path / "b")[-1]).state["tokens_seen"]
-    assert b == 2 * a == 2 * 2 * 4 * 32
-    assert one.step == two.step == 2
+    """With grad_accum = 2 the step's gradient is the mean of the two micro-batch gradients (not their sum)."""
+    config = tiny_config(corpus, "train.grad_accum=2", "train.grad_clip=0", "train.precision=fp32")
+    data = TokenStream(prepare(str(corpus)), 32)
+    torch.manual_seed(0)
+    model = build_model(config, DataSpec.of(data))
+    reference = copy.deepcopy(model)
+    trainer = Trainer(config, model, data, tmp_path / "run", progress=False)
+    seen = {}
+    step = trainer.optimizer.step
+
+    def capture(*args, **kwargs):
+        seen.update({name: p.grad.clone() for name, p in trainer.model.named_parameters()})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = capture
+    data_state = trainer.data_generator.get_state()
+    torch.manual_seed(5)
+    trainer.train_step()
+    assert trainer.tokens_seen == 2 * 4 * 32
+
+    torch.manual_seed(5)  # replay the same two micro-batches, data and noise, by hand
+    generator = torch.Generator().manual_seed(0)
+    generator.set_state(data_state)
+    for _ in range(2):
+        x, labels = data.train_batch(4, generator)
+        reference.loss(x, labels=labels)[0].backward()
+    for name, p in reference.named_parameters():
+        if p.grad is not None and p.grad.abs().max() > 0:
+            assert torch.allclose(seen[name], p.grad / 2, atol=1e-7, rtol=1e-5), name
+            assert not torch.allclose(seen[name], p.grad, atol=1e-7, rtol=1e-5), name
+
+
+def test_weight_decay_scope_and_clipping_switch():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    every = parameter_groups(model, 0.1, "all")
+    assert len(every) == 1 and len(every[0]["params"]) == 4 and every[0]["weight_decay"] == 0.1
+    matrices, rest = parameter_groups(model, 0.1, "matrices")
+    assert [p.dim() for p in matrices["params"]] == [2] and rest["weight_decay"] == 0.0 and len(rest["params"]) == 3
+
+
+def test_labelled_data_of_any_shape_trains_evaluates_and_reloads(tmp_path):
+    """Labels reach the model in training and evaluation: a class-conditional network refuses to run without them."""
+    g = torch.Generator().manual_seed(0)
+    labels = {split: torch.randint(0, 3, (n,), generator=g) for split, n in (("train", 64), ("valid", 16))}
+    images = {
+        split: (y[:, None, None] + torch.randint(0, 2, (len(y), 2, 3), generator=g)) for split, y in labels.items()
+    }
+    data = ArrayDataset(images, RawCodec(5), labels=labels, num_classes=3)
+    config = build_config("shakespeare-char", [*TINY, "train.steps=4", "train.sample_every=4", "train.eval_every=4"])
+    model = build_model(config, DataSpec.of(data))
+    assert model.denoiser.config.num_classes == 3
+    result = Trainer(config, model, data, tmp_path / "run", progress=False).fit()
+    assert result.step == 4 and result.valid_bits_per_token > 0
+    samples = (tmp_path / "run" / "samples" / "step_00000004.txt").read_text().split("----------")
+    assert len(samples) == 2 and all(len(block.split()) == 6 for block in samples)  # 2 x 3 ids each
+    run = load_run(tmp_path / "run")
+    assert run.spec == DataSpec(5, (2, 3), 3) and isinstance(run.codec, RawCodec)
+    with pytest.raises(ValueError, match="class-conditional"):
+        run.model.nelbo(images["valid"])
+    estimate = estimate_nelbo(run.model, data.eval_batches("valid", 8))
+    assert estimate.num_sequences == 16 and estimate.tokens_per_sequence == 6
+
+
+def test_a_run_directory_of_md4_0_1_is_refused_clearly(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text('{"type": "text8"}')
+    with pytest.raises(CheckpointError, match="written by md4 0.1"):
+        load_run(tmp_path)

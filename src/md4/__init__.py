@@ -1,12 +1,26 @@
 """md4: masked (absorbing) discrete diffusion (MD4, Shi et al., NeurIPS 2024) in PyTorch.
 
-The public API: masking schedules, the :class:`MD4` objective around any denoiser,
-the samplers, and the bidirectional :class:`Transformer` denoiser.
+The public API: masking schedules (modules owned by the model), the :class:`MD4` objective around any
+denoiser, the samplers (:func:`sample`, one :data:`SAMPLERS` entry each), text generation with prompts and
+infilling (:func:`generate`), the bidirectional :class:`Transformer` denoiser, and the registries that build
+a model from a config (:func:`build_model`, :data:`MODEL_KINDS`, :data:`NETWORKS`).
 """
 
-from md4.diffusion import MD4, antithetic_times, bits_per_token, perplexity
+from md4.diffusion import MD4, MD4Options, antithetic_times, bits_per_token, perplexity
+from md4.generate import Generation, generate, infill_template
+from md4.models import MODEL_KINDS, NETWORKS, DataSpec, build_model, count_parameters
 from md4.nn.transformer import Transformer, TransformerConfig
-from md4.sampling import SAMPLER_NAMES, SAMPLERS, SampleOutput, categorical, nucleus, prefix_init, sample, time_grid
+from md4.sampling import (
+    DEFAULT_STEPS,
+    SAMPLER_NAMES,
+    SAMPLERS,
+    SampleOutput,
+    categorical,
+    nucleus,
+    prefix_init,
+    sample,
+    time_grid,
+)
 from md4.schedules import (
     CosineSchedule,
     GeometricSchedule,
@@ -16,15 +30,21 @@ from md4.schedules import (
     get_schedule,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "DEFAULT_STEPS",
     "MD4",
+    "MODEL_KINDS",
+    "NETWORKS",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "CosineSchedule",
+    "DataSpec",
+    "Generation",
     "GeometricSchedule",
     "LinearSchedule",
+    "MD4Options",
     "MaskingSchedule",
     "PolynomialSchedule",
     "SampleOutput",
@@ -32,8 +52,12 @@ __all__ = [
     "TransformerConfig",
     "antithetic_times",
     "bits_per_token",
+    "build_model",
     "categorical",
+    "count_parameters",
+    "generate",
     "get_schedule",
+    "infill_template",
     "nucleus",
     "perplexity",
     "prefix_init",

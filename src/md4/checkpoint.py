@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from md4.files import fsync_dir, fsync_file
+
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step_"
 
@@ -47,24 +49,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -107,12 +91,11 @@ def save_checkpoint(
         manifest = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         for name in files + ["manifest.json"]:
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(tmp / name)
         if final.exists():  # re-saving the same step (e.g. after Ctrl-C right at a save)
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from md4.sampling import GRIDS, PRECISIONS, SAMPLER_NAMES
+from md4.device import PRECISIONS
+from md4.evaluate import DEFAULT_BOUND_STEPS
+from md4.sampling import CATEGORICAL, DEFAULT_STEPS, GRIDS, SAMPLERS
 
 DEMO_PRESET = "shakespeare-char"
 DEMO_PROMPT = "ROMEO:"
@@ -39,136 +41,62 @@ def cmd_train(args) -> int:
 
 
 # ----------------------------------------------------------------- sample
-def infill_template(text: str, hole: str, tokenizer, mask_id: int) -> list[int]:
-    """Encode ``text`` with each run of ``hole`` characters becoming that many masked tokens."""
-    ids: list[int] = []
-    segment = ""
-    i = 0
-    while i < len(text):
-        if text[i] == hole:
-            if segment:
-                ids.extend(int(v) for v in tokenizer.encode(segment))
-                segment = ""
-            ids.append(mask_id)
-        else:
-            segment += text[i]
-        i += 1
-    if segment:
-        ids.extend(int(v) for v in tokenizer.encode(segment))
-    if mask_id not in ids:
-        raise ValueError(f"The --infill text has no hole character {hole!r}; mark the positions to fill with it.")
-    return ids
+def sample_text(run, num: int, seed: int, **options):
+    """Samples of a loaded run, decoded: a :class:`md4.generate.Generation`."""
+    from md4.generate import generate
 
-
-def generate(
-    run,
-    num: int,
-    steps: int,
-    sampler: str,
-    grid: str,
-    top_p: float,
-    precision: str,
-    seed: int,
-    length: int | None = None,
-    prompt: str | None = None,
-    infill: str | None = None,
-    hole: str = "_",
-):
-    """Samples from a loaded run as (texts, nfe)."""
-    from md4.sampling import prefix_init
-
-    model, tokenizer = run.model, run.tokenizer
-    if num < 1 or steps < 1:
-        raise ValueError(f"--num and --steps must be positive integers, got --num {num} and --steps {steps}.")
-    device = next(model.parameters()).device
-    init = None
-    if prompt is not None and infill is not None:
-        raise ValueError("Pass either --prompt or --infill, not both.")
-    if infill is None:
-        length = length or run.config.data.seq_len
-    if prompt is not None:
-        ids = torch.as_tensor(tokenizer.encode(prompt).astype("int64"), device=device)
-        init = prefix_init(ids, (num, length), model.mask_id)
-    elif infill is not None:
-        ids = infill_template(infill, hole, tokenizer, model.mask_id)
-        length = max(len(ids), length or 0)
-        init = torch.full((num, length), model.mask_id, dtype=torch.long, device=device)
-        init[:, : len(ids)] = torch.tensor(ids, device=device)
-    out = model.sample(
-        num,
-        shape=(length,),
-        num_steps=steps,
-        sampler=sampler,
-        grid=grid,
-        top_p=top_p,
-        precision=precision,
-        seed=seed,
-        init=init,
-        device=device,
-    )
-    return [tokenizer.decode(row.tolist()) for row in out.tokens.cpu()], out.nfe
+    labels = None
+    if run.spec.num_classes is not None:
+        labels = torch.arange(num, device=next(run.model.parameters()).device) % run.spec.num_classes
+    return generate(run.model, run.codec, num, labels=labels, seed=seed, **options)
 
 
 def cmd_sample(args) -> int:
     from md4.run import load_run
 
+    if args.num < 1 or args.steps < 1:
+        raise ValueError(f"--num and --steps must be positive integers, got --num {args.num} and --steps {args.steps}.")
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema)
     start = time.time()
-    texts, nfe = generate(
+    out = sample_text(
         run,
         args.num,
-        args.steps,
-        args.sampler,
-        args.grid,
-        args.top_p,
-        args.precision,
         args.seed,
-        args.length,
-        args.prompt,
-        args.infill,
-        args.hole,
+        steps=args.steps,
+        sampler=args.sampler,
+        grid=args.grid,
+        top_p=args.top_p,
+        categorical=args.categorical,
+        precision=args.precision,
+        length=args.length,
+        prompt=args.prompt,
+        infill=args.infill,
+        hole=args.hole,
     )
-    for i, text in enumerate(texts):
+    for i, text in enumerate(out.texts):
         print(f"=== sample {i} ===\n{text}")
-    how = "exact sampler" if args.sampler == "exact" else f"{args.steps} {args.grid} steps"
-    print(f"md4: {len(texts)} samples, {how}, {nfe} network calls, {time.time() - start:.1f} s", file=sys.stderr)
+    how = f"{args.steps} {args.grid} steps" if SAMPLERS[args.sampler].uses_grid else "no grid"
+    print(
+        f"md4: {len(out.texts)} samples, {args.sampler} sampler, {how}, {out.nfe} network calls, "
+        f"{time.time() - start:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
 # ------------------------------------------------------------------- eval
-def eval_batches(run, data: str | None, split: str, batch_size: int, max_batches: int | None):
-    """Evaluation chunks: the run's own split, another recipe, or any text file (encoded with the run's tokenizer)."""
-    import numpy as np
-
-    from md4.data import TextBatches, eval_chunks, prepare
-    from md4.data.errors import DataError
-    from md4.data.textfile import read_corpus, text_files
-
-    seq_len = run.config.data.seq_len
-    if data is not None and Path(data).exists():
-        text = read_corpus(text_files(Path(data)), Path(data))
-        tokens = np.asarray(run.tokenizer.encode(text))
-        max_chunks = None if max_batches is None else max_batches * batch_size
-        return eval_chunks(tokens, seq_len, batch_size, max_chunks), f"{data} (all {len(tokens)} tokens)"
-    prepared = prepare(data or run.config.data.name, seq_len=seq_len)
-    if prepared.tokenizer.to_dict() != run.tokenizer.to_dict():
-        raise DataError(
-            f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
-            "evaluate on a text file (it is encoded with the model's tokenizer) or the run's own dataset."
-        )
-    source = TextBatches(prepared, seq_len)
-    return source.eval_batches(split, batch_size, max_batches), f"{prepared.name} [{split}]"
-
-
 def cmd_eval(args) -> int:
-    from md4.evaluate import estimate_nelbo
+    from md4.evaluate import estimate_nelbo, held_out_batches
     from md4.run import load_run
 
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema)
     batch_size = args.batch_size or run.config.train.batch_size
-    results = {"run": str(args.run), "step": run.step}
+    weights = "raw" if args.no_ema else "EMA"
+    results = {"run": str(args.run), "step": run.step, "split": args.split, "weights": weights}
     for label, steps in (("continuous", None), (f"discrete T={args.steps}", args.steps)):
-        batches, name = eval_batches(run, args.data, args.split, batch_size, args.max_batches)
+        batches, name = held_out_batches(run, args.data, args.split, batch_size, args.max_batches)
+        if steps is None and not args.json:
+            print(f"md4 eval: {name}, step {run.step}, {weights} weights, {args.precision}")
         est = estimate_nelbo(
             run.model, batches, draws=args.draws, num_steps=steps, seed=args.seed, precision=args.precision
         )
@@ -176,7 +104,7 @@ def cmd_eval(args) -> int:
         results["continuous" if steps is None else "discrete"] = est.to_dict()
         if not args.json:
             print(
-                f"{name}, {label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/token, "
+                f"{label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/token, "
                 f"perplexity <= {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "
                 f"{est.draws} draws each, seed {args.seed})"
             )
@@ -200,14 +128,19 @@ def cmd_data(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from md4.config import Config, preset_description, preset_names, preset_text
+    from md4.config import Config, data_spec_guess, load_preset, preset_description, preset_names, preset_text
+    from md4.models import MODEL_KINDS, NETWORKS, count_parameters
 
     if args.name:
+        config = load_preset(args.name)
+        spec = data_spec_guess(config)
         print(preset_text(args.name), end="")
+        print(f"\n# parameters: {count_parameters(config, spec):,} (vocabulary {spec.vocab_size})")
         return 0
     for name in preset_names():
         print(f"{name:18s} {preset_description(name)}")
-    print("\nEvery key (override with section.key=value):")
+    print(f"\nModel kinds: {', '.join(MODEL_KINDS)}; networks: {', '.join(NETWORKS)}.")
+    print("Every key of the default kind and network (override with section.key=value):")
     for section, values in Config().to_dict().items():
         print(f"  [{section}] " + ", ".join(f"{k}={v}" for k, v in values.items()))
     return 0
@@ -217,7 +150,7 @@ def cmd_presets(args) -> int:
 def cmd_demo(args) -> int:
     """Train the Shakespeare preset, sample (unconditional and prompted), and evaluate on the valid and test splits."""
     from md4.config import build_config, resume_config
-    from md4.evaluate import estimate_nelbo
+    from md4.evaluate import estimate_nelbo, held_out_batches
     from md4.run import load_run
     from md4.train import train
 
@@ -234,11 +167,11 @@ def cmd_demo(args) -> int:
         return 130
     run = load_run(run_dir)
     steps = config.train.sample_steps
-    (unconditional,), _ = generate(run, 1, steps, "ancestral", "uniform", 1.0, "float64", seed=0)
-    (prompted,), _ = generate(run, 1, steps, "ancestral", "uniform", 1.0, "float64", seed=1, prompt=DEMO_PROMPT)
+    (unconditional,) = sample_text(run, 1, seed=0, steps=steps).texts
+    (prompted,) = sample_text(run, 1, seed=1, steps=steps, prompt=DEMO_PROMPT).texts
     bounds = {}
     for split in ("valid", "test"):
-        batches, name = eval_batches(run, None, split, config.train.batch_size, None)
+        batches, name = held_out_batches(run, None, split, config.train.batch_size)
         bounds[split] = estimate_nelbo(run.model, batches, seed=0, precision=config.train.precision)
     valid, test = bounds["valid"], bounds["test"]
     summary = {
@@ -297,21 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a trained run", description="Sample from a run's EMA weights.")
     p.add_argument("run", help="run directory written by md4 train")
     p.add_argument("--num", type=int, default=4, help="number of samples (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=256, help="reverse steps T (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse steps T (default: %(default)s)")
     p.add_argument(
         "--sampler",
-        choices=list(SAMPLER_NAMES),
+        choices=list(SAMPLERS),
         default="ancestral",
-        help="ancestral, top_p or mean on a time grid, or exact (one network call per token; --steps unused)",
+        help="; ".join(f"{name}: {sampler.description}" for name, sampler in SAMPLERS.items()),
     )
     p.add_argument("--grid", choices=GRIDS, default="uniform", help="time grid (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.98, help="nucleus mass for --sampler top_p (default: %(default)s)")
     p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
+        "--categorical",
+        choices=CATEGORICAL,
         default="float64",
-        help="float64: exact draws; float32-gumbel: the JAX release's (implicitly truncated) draws",
+        help="how tokens are drawn: float64 is exact; float32-gumbel is the JAX release's (implicitly truncated)",
     )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument(
         "--length",
@@ -330,18 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="NELBO bounds (continuous time and discrete T) in bits/token and perplexity.",
     )
     p.add_argument("run", help="run directory written by md4 train")
-    p.add_argument("--split", default="valid", help="valid or test of the run's dataset (default: %(default)s)")
+    p.add_argument("--split", default="test", help="test or valid split of the run's dataset (default: %(default)s)")
     p.add_argument(
         "--data", help="another dataset: a recipe name or any text file (encoded with the model's tokenizer)"
     )
     p.add_argument("--draws", type=int, default=1, help="Monte-Carlo draws K per sequence (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=1000, help="T of the discrete-time bound (default: %(default)s)")
+    p.add_argument(
+        "--steps", type=int, default=DEFAULT_BOUND_STEPS, help="T of the discrete-time bound (default: %(default)s)"
+    )
     p.add_argument("--max-batches", type=int, help="evaluate only this many batches (default: all)")
     p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch size)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32", help="network precision (default: %(default)s)"
-    )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)
@@ -354,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("presets", help="list the presets, or print one", description="Run presets and config keys.")
-    p.add_argument("name", nargs="?", help="print this preset's TOML")
+    p.add_argument("name", nargs="?", help="print this preset's TOML and its model's parameter count")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser(

@@ -1,13 +1,27 @@
-"""Typed run configuration, presets and ``section.key=value`` overrides."""
+"""Run configuration: four tables, presets and ``section.key=value`` overrides, validated whole up front.
+
+- ``[model]``: ``kind`` (the objective, e.g. ``md4``), ``net`` (the denoiser, e.g. ``transformer``) and the
+  kind's own options (for md4: ``schedule``, ``eps``); see :mod:`md4.models`.
+- ``[net]``: the network's options, straight into its config dataclass (e.g. :class:`md4.TransformerConfig`).
+- ``[data]``: which corpus and the sequence length.
+- ``[train]``: optimisation, precision, run control and periodic outputs.
+
+:func:`validate` checks every table, and builds the whole model on the meta device, before any data is read.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+from md4 import models
+from md4.device import PRECISIONS
+from md4.sampling import DEFAULT_STEPS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,24 +31,6 @@ else:  # pragma: no cover
 
 class ConfigError(ValueError):
     """A preset, override or config file that cannot be used as given."""
-
-
-@dataclass
-class ModelConfig:
-    """The denoiser (see :class:`md4.TransformerConfig`) and the masking schedule."""
-
-    kind: str = "md4"
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_type: str = "swiglu"
-    time_conditioning: str = "adaln_zero"
-    outside_embed_dim: int | None = None
-    max_positions: int | None = None
-    cond_dim: int | None = None
-    dropout: float = 0.0
-    schedule: str = "linear"
-    eps: float = 1e-4
 
 
 @dataclass
@@ -58,7 +54,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    weight_decay_scope: str = "matrices"  # "matrices": weights of rank >= 2; "all": every parameter (release)
+    grad_clip: float = 1.0  # global-norm clipping; 0 turns it off (release)
     ema_decay: float = 0.999
     precision: str = "bf16"
     compile: bool = False
@@ -69,50 +66,88 @@ class TrainConfig:
     eval_batches: int = 8
     sample_every: int = 500
     num_samples: int = 2
-    sample_steps: int = 256
+    sample_steps: int = DEFAULT_STEPS
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
+
+
+def _default_model() -> dict[str, Any]:
+    return {"kind": "md4", "net": "transformer", **models.option_defaults(models.model_kind("md4").options)}
+
+
+def _default_net() -> dict[str, Any]:
+    return models.option_defaults(models.network("transformer").config, models.DATA_FIELDS)
 
 
 @dataclass
 class Config:
     """Everything a run needs; saved as ``config.json`` in the run directory."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: dict[str, Any] = field(default_factory=_default_model)
+    net: dict[str, Any] = field(default_factory=_default_net)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "model": dict(self.model),
+            "net": dict(self.net),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
         config = cls()
+        unknown = set(d) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"Unknown config section {min(unknown)!r}; sections are {', '.join(SECTIONS)}.")
+        model = d.get("model", {})
+        for key in models.SELECTORS:  # the kind and the network decide which other keys exist
+            if key in model:
+                _set(config, "model", key, model[key])
         for section, values in d.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section}] must be a table of key = value settings, got {values!r}.")
             for key, value in values.items():
-                _set(config, section, key, value)
+                if not (section == "model" and key in models.SELECTORS):
+                    _set(config, section, key, value)
         return config
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-PRECISIONS = ("bf16", "fp32")
+SECTIONS = ("model", "net", "data", "train")
+WEIGHT_DECAY_SCOPES = ("matrices", "all")
 
 
-def _field_type(section: str, key: str) -> Any:
-    if section not in SECTIONS:
-        raise ConfigError(f"Unknown config section {section!r}; sections are {', '.join(SECTIONS)}.")
-    types = {f.name: f.type for f in fields(SECTIONS[section])}
+def section_keys(config: Config, section: str) -> dict[str, str]:
+    """The valid keys of a section, with their declared types, for this config's kind and network."""
+    if section == "model":
+        return models.model_keys(config.model["kind"])
+    if section == "net":
+        return models.net_keys(config.model["net"])
+    if section == "data":
+        return models.option_types(DataConfig)
+    if section == "train":
+        return models.option_types(TrainConfig)
+    raise ConfigError(f"Unknown config section {section!r}; sections are {', '.join(SECTIONS)}.")
+
+
+def _field_type(config: Config, section: str, key: str) -> str:
+    types = section_keys(config, section)
     if key not in types:
-        raise ConfigError(f"Unknown config key {section}.{key}; valid keys in [{section}] are: {', '.join(types)}.")
+        where = {"model": f" for kind {config.model['kind']}", "net": f" for the {config.model['net']} network"}
+        raise ConfigError(
+            f"Unknown config key {section}.{key}; valid keys in [{section}]{where.get(section, '')} are: "
+            f"{', '.join(types)}."
+        )
     return types[key]
 
 
-def _coerce(section: str, key: str, value: Any) -> Any:
+def _coerce(section: str, key: str, declared: str, value: Any) -> Any:
     """Convert ``value`` (a TOML value or an override string) to the field's declared type."""
-    declared = str(_field_type(section, key))
     optional = "None" in declared
     base = declared.replace(" | None", "")
     if isinstance(value, str) and optional and value.lower() in ("none", "null"):
@@ -133,17 +168,44 @@ def _coerce(section: str, key: str, value: Any) -> Any:
                 raise ValueError
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
-        return str(value)
+        if base == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"{section}.{key} must be {base}, got {value!r}.") from None
 
 
+def _reselect(config: Config, key: str, name: str) -> None:
+    """Point [model] at another kind or network: its tables become that entry's defaults, shared keys kept."""
+    if key == "kind":
+        fresh = {"kind": name, "net": config.model["net"], **models.option_defaults(models.model_kind(name).options)}
+        config.model = {k: config.model.get(k, v) if k not in models.SELECTORS else v for k, v in fresh.items()}
+    else:
+        fresh = models.option_defaults(models.network(name).config, models.DATA_FIELDS)
+        config.net = {k: config.net.get(k, v) for k, v in fresh.items()}
+        config.model["net"] = name
+
+
 def _set(config: Config, section: str, key: str, value: Any) -> None:
-    setattr(getattr(config, section), key, _coerce(section, key, value))
+    value = _coerce(section, key, _field_type(config, section, key), value)
+    if section == "model" and key in models.SELECTORS:
+        if value != config.model[key]:
+            try:
+                _reselect(config, key, value)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+    elif section in ("model", "net"):
+        getattr(config, section)[key] = value
+    else:
+        setattr(getattr(config, section), key, value)
 
 
-def parse_override(text: str) -> tuple[str, str, str]:
+def parse_override(config: Config, text: str) -> tuple[str, str, str]:
     """Split ``section.key=value`` (``key=value`` is looked up across sections when unique)."""
     if "=" not in text:
         raise ConfigError(f"Malformed override {text!r}; write it as section.key=value, e.g. train.lr=3e-4.")
@@ -151,9 +213,9 @@ def parse_override(text: str) -> tuple[str, str, str]:
     name = name.strip()
     if "." in name:
         section, key = name.split(".", 1)
-        _field_type(section, key)
+        _field_type(config, section, key)
         return section, key, value.strip()
-    owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in fields(cls)}]
+    owners = [s for s in SECTIONS if name in section_keys(config, s)]
     if len(owners) != 1:
         raise ConfigError(
             f"Unknown config key {name!r} in override {text!r}; write it as section.key=value "
@@ -163,18 +225,32 @@ def parse_override(text: str) -> tuple[str, str, str]:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    for text in overrides:
-        section, key, value = parse_override(text)
-        _set(config, section, key, value)
+    """Apply ``section.key=value`` overrides (the kind and network first), then validate the whole config."""
+    selects = {*models.SELECTORS, *(f"model.{key}" for key in models.SELECTORS)}
+    first = [text for text in overrides if text.split("=", 1)[0].strip() in selects]
+    for text in first + [text for text in overrides if text not in first]:
+        _set(config, *parse_override(config, text))
     validate(config)
     return config
 
 
+def data_spec_guess(config: Config) -> models.DataSpec:
+    """The data spec as far as the config alone tells it: the recipe's known vocabulary (else 2)."""
+    from md4.data import recipe_vocab_size
+
+    vocab = recipe_vocab_size(config.data.name) or 2
+    return models.DataSpec(vocab, (config.data.seq_len,))
+
+
 def validate(config: Config) -> None:
-    """Reject impossible settings before any work starts."""
-    t, m = config.train, config.model
+    """Reject impossible settings before any work starts: every table, then the model built on the meta device."""
+    t = config.train
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}.")
+    if t.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+        raise ConfigError(
+            f"train.weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, got {t.weight_decay_scope!r}."
+        )
     for key in (
         "steps",
         "batch_size",
@@ -191,10 +267,20 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{key} must be a positive integer, got {getattr(t, key)}.")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
+    if t.grad_clip < 0:
+        raise ConfigError(f"train.grad_clip must be >= 0 (0 turns clipping off), got {t.grad_clip}.")
     if config.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be positive, got {config.data.seq_len}.")
-    if m.kind != "md4":
-        raise ConfigError(f"model.kind {m.kind!r} is not available yet; use md4.")
+    spec = data_spec_guess(config)
+    for section, check in (
+        ("model", lambda: models.model_options(config.model)),
+        ("net", lambda: models.net_config(config.model, config.net, spec)),
+        ("model", lambda: models.count_parameters(config, spec)),
+    ):
+        try:
+            check()
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"Bad [{section}] setting: {err}") from None
 
 
 # ------------------------------------------------------------------ presets
@@ -209,7 +295,7 @@ def preset_text(name: str) -> str:
 
 
 def load_preset(name: str) -> Config:
-    """The named preset (a TOML file of ``[model] [data] [train]`` tables over the defaults)."""
+    """The named preset (a TOML file of ``[model] [net] [data] [train]`` tables over the defaults)."""
     return Config.from_dict(tomllib.loads(preset_text(name)))
 
 
@@ -228,8 +314,6 @@ def build_config(preset: str, overrides: list[str], data: str | None = None) -> 
 
 def resume_config(run_dir, overrides: list[str], data: str | None = None) -> Config:
     """The config saved in a run directory, with overrides (the trainer refuses ones that cannot change)."""
-    from pathlib import Path
-
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"Nothing to resume: {run_dir} has no config.json; start the run without --resume.")

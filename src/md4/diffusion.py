@@ -4,25 +4,27 @@ The denoiser is any callable ``denoiser(z_t, t[, labels=...]) -> logits`` with
 ``z_t`` a LongTensor [B, *shape] of ids in 0..V (V = mask id), ``t`` a float
 tensor [B] and logits [B, *shape, V] over the V real tokens. Everything inside
 is in nats per sequence; :func:`bits_per_token` and :func:`perplexity` convert
-at the edges.
+at the edges. Samples come from :func:`md4.sample`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .schedules import DEFAULT_EPS, MaskingSchedule, get_schedule
+from .tokens import check_tokens
 
 Denoiser = Callable[..., torch.Tensor]
 
 
 def bits_per_token(nelbo: torch.Tensor | float, num_tokens: int) -> torch.Tensor | float:
-    """NELBO in nats per sequence -> bits per token/char/dimension (method file Sec. 5)."""
+    """NELBO in nats per sequence -> bits per token/char/dimension."""
     return nelbo / (num_tokens * math.log(2.0))
 
 
@@ -39,21 +41,15 @@ def antithetic_times(batch_size: int, device=None, generator: torch.Generator | 
     return torch.remainder(u + torch.arange(batch_size, device=device) / batch_size, 1.0)
 
 
-def check_tokens(x: torch.Tensor, vocab_size: int, allow_mask: bool = False, name: str = "x") -> None:
-    """Raise ValueError unless x is an integer tensor [B, *shape] of ids in range."""
-    if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be an integer tensor of token ids, got {kind}; convert it with .long().")
-    if x.dim() < 2:
-        raise ValueError(
-            f"{name} must have shape [batch, *data_shape], got shape {tuple(x.shape)}; add a batch dimension."
-        )
-    top = vocab_size if allow_mask else vocab_size - 1
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
-        raise ValueError(
-            f"{name} holds ids in [{int(x.min())}, {int(x.max())}] but they must lie in [0, {top}] "
-            f"for vocab_size={vocab_size}{' (mask id included)' if allow_mask else ''}; check the tokenizer."
-        )
+@dataclass
+class MD4Options:
+    """The ``[model]`` options of ``kind = "md4"``: the masking schedule and its clamp eps."""
+
+    schedule: str = "linear"
+    eps: float = DEFAULT_EPS
+
+    def __post_init__(self) -> None:
+        get_schedule(self.schedule, self.eps)  # an unknown name or a bad eps fails here, before any data is read
 
 
 class MD4(nn.Module):
@@ -62,9 +58,11 @@ class MD4(nn.Module):
     Args:
         denoiser: callable following the contract in the module docstring.
         vocab_size: V, the number of real tokens; the mask id is V.
-        schedule: a :class:`MaskingSchedule` or its name (``linear``, ``cosine``, ``polyK``, ``geometric``).
-        eps: the schedule's clamp (release: 1e-4); must be > 0 so every weight is finite.
-        data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input.
+        schedule: a :class:`MaskingSchedule` module (owned by the model from here on) or the name of one
+            (``linear``, ``cosine``, ``polyK``, ``geometric``), built with ``eps``.
+        eps: the clamp of a schedule given by name (default 1e-4, the release's); a schedule module has its own.
+        data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input and used
+            by :func:`md4.sample` as the default sample shape.
     """
 
     def __init__(
@@ -72,18 +70,28 @@ class MD4(nn.Module):
         denoiser: Denoiser,
         vocab_size: int,
         schedule: str | MaskingSchedule = "linear",
-        eps: float = DEFAULT_EPS,
+        eps: float | None = None,
         data_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}.")
+        if isinstance(schedule, MaskingSchedule):
+            if eps is not None:
+                raise ValueError("eps belongs to the schedule; pass it when building the schedule, not to MD4.")
+        else:
+            schedule = get_schedule(schedule, DEFAULT_EPS if eps is None else eps)
+        if schedule.per_token:
+            raise ValueError(f"MD4 needs a schedule shared by every token, but {schedule.name} is per token.")
         self.denoiser = denoiser
         self.vocab_size = int(vocab_size)
-        self.schedule = get_schedule(schedule, eps=eps)
-        if self.schedule.eps <= 0:
-            raise ValueError("The schedule's eps must be > 0 so the loss weight stays finite at t = 0; use e.g. 1e-4.")
+        self.schedule = schedule
         self.data_shape = tuple(data_shape) if data_shape is not None else None
+
+    @classmethod
+    def build(cls, options: MD4Options, denoiser: Denoiser, spec) -> MD4:
+        """The model of a run: ``options`` from the config's ``[model]`` table, ``spec`` from its data."""
+        return cls(denoiser, spec.vocab_size, options.schedule, options.eps, spec.data_shape)
 
     @property
     def mask_id(self) -> int:
@@ -117,18 +125,22 @@ class MD4(nn.Module):
     def forward_sample(
         self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Draw z_t ~ q(z_t | x): keep each token with probability alpha(t), else mask (method Sec. 2)."""
+        """Draw z_t ~ q(z_t | x): keep each token with probability alpha(t), else mask (paper Sec. 2)."""
         alpha = self._expand(self.schedule.alpha(t.double()).float(), x)
         keep = torch.rand(x.shape, device=x.device, generator=generator) < alpha
         return torch.where(keep, x, torch.full_like(x, self.mask_id))
 
-    def log_probs(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """log mu_theta(z_t, t) in float32, shape [B, *shape, V]."""
+    def logits(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's logits [B, *shape, V] at (z_t, t), shape-checked; the samplers call this too."""
         logits = self.denoiser(z, t) if labels is None else self.denoiser(z, t, labels=labels)
         expected = (*z.shape, self.vocab_size)
         if tuple(logits.shape) != expected:
             raise ValueError(f"The denoiser returned logits of shape {tuple(logits.shape)}; expected {expected}.")
-        return F.log_softmax(logits.float(), dim=-1)
+        return logits
+
+    def log_probs(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log mu_theta(z_t, t) in float32, shape [B, *shape, V]."""
+        return F.log_softmax(self.logits(z, t, labels).float(), dim=-1)
 
     def _masked_log_likelihood(self, x, z, t, labels):
         """sum over masked n of log mu(z_t, t)[n, x_n], per sequence [B]."""
@@ -223,16 +235,3 @@ class MD4(nn.Module):
             "bits_per_token": bits_per_token(nelbo.detach().mean(), num_tokens),
         }
         return loss, metrics
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        return self.loss(x, labels=labels)
-
-    def sample(self, num_samples: int, **kwargs):
-        """Draw samples with :func:`md4.sampling.sample`; ``kwargs`` are that function's options."""
-        from .sampling import sample
-
-        shape = kwargs.pop("shape", None) or self.data_shape
-        if shape is None:
-            raise ValueError("Pass shape=(...) or build MD4 with data_shape so the sampler knows the sample size.")
-        kwargs.setdefault("time_independent", self.time_independent)
-        return sample(self.denoiser, self.schedule, (num_samples, *shape), self.vocab_size, **kwargs)

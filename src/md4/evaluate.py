@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from md4.diffusion import MD4
-from md4.run import autocast
+from md4.data import Batch, DataError, TokenStream, eval_chunks, prepare
+from md4.data.textfile import read_corpus, text_files
+from md4.device import autocast
+from md4.diffusion import bits_per_token, perplexity
+
+DEFAULT_BOUND_STEPS = 1000  # T of the discrete-time bound (the paper evaluates with 1000 steps)
 
 
 @dataclass
 class BoundEstimate:
-    """A Monte-Carlo estimate of the NELBO over a set of sequences (method file Sec. 5)."""
+    """A Monte-Carlo estimate of the NELBO over a set of sequences; bits and perplexity are upper bounds."""
 
     nelbo: float  # nats per sequence, mean over sequences
     stderr: float  # standard error of that mean (sequences are the independent units)
@@ -25,15 +31,15 @@ class BoundEstimate:
 
     @property
     def bits_per_token(self) -> float:
-        return self.nelbo / (self.tokens_per_sequence * math.log(2))
+        return bits_per_token(self.nelbo, self.tokens_per_sequence)
 
     @property
     def bits_per_token_stderr(self) -> float:
-        return self.stderr / (self.tokens_per_sequence * math.log(2))
+        return bits_per_token(self.stderr, self.tokens_per_sequence)
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nelbo / self.tokens_per_sequence)
+        return perplexity(self.nelbo, self.tokens_per_sequence)
 
     def to_dict(self) -> dict:
         return {
@@ -46,8 +52,8 @@ class BoundEstimate:
 
 @torch.no_grad()
 def estimate_nelbo(
-    model: MD4,
-    batches: Iterable[torch.Tensor],
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
     draws: int = 1,
     num_steps: int | None = None,
     seed: int = 0,
@@ -55,7 +61,8 @@ def estimate_nelbo(
 ) -> BoundEstimate:
     """Average ``draws`` NELBO draws per sequence (fixed seed), then the mean and standard error over sequences.
 
-    ``num_steps=None`` estimates the continuous-time bound (paper Eq. 4), an integer T the discrete-time one (Eq. 3).
+    ``batches`` yield ``(x, labels or None)``; ``num_steps=None`` estimates the continuous-time bound (paper
+    Eq. 4), an integer T the discrete-time one (Eq. 3).
     """
     if draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws}.")
@@ -63,14 +70,43 @@ def estimate_nelbo(
     generator = torch.Generator(device=device).manual_seed(seed)
     per_sequence = []
     tokens = None
-    for x in batches:
+    for x, labels in batches:
         x = x.to(device)
+        labels = None if labels is None else labels.to(device)
         tokens = x[0].numel()
         with autocast(device, precision):
-            total = sum(model.nelbo(x, num_steps=num_steps, generator=generator).double() for _ in range(draws))
+            total = sum(
+                model.nelbo(x, labels=labels, num_steps=num_steps, generator=generator).double() for _ in range(draws)
+            )
         per_sequence.append(total / draws)
     if tokens is None:
         raise ValueError("No evaluation data: the split is empty or shorter than one sequence.")
     values = torch.cat(per_sequence)
     stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return BoundEstimate(float(values.mean()), stderr, len(values), tokens, draws, num_steps)
+
+
+def held_out_batches(
+    run, data: str | None, split: str, batch_size: int, max_batches: int | None = None
+) -> tuple[Iterator[Batch], str]:
+    """Evaluation batches for a loaded run, and a description of them.
+
+    ``data``: None for the run's own dataset (its ``split``), another recipe name with the same vocabulary, or
+    the path of any text file or folder, encoded with the run's tokenizer (all of it is used).
+    """
+    seq_len = run.config.data.seq_len
+    max_chunks = None if max_batches is None else max_batches * batch_size
+    if data is not None and Path(data).exists():
+        if not hasattr(run.codec, "encode"):
+            raise DataError(f"This run's data has no text form, so it cannot be evaluated on the text in {data}.")
+        tokens = np.asarray(run.codec.encode(read_corpus(text_files(Path(data)), Path(data))))
+        batches = ((x, None) for x in eval_chunks(tokens, seq_len, batch_size, max_chunks))
+        return batches, f"{data} (all {len(tokens)} tokens)"
+    prepared = prepare(data or run.config.data.name, seq_len=seq_len)
+    if prepared.tokenizer.to_dict() != run.codec.to_dict():
+        raise DataError(
+            f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
+            "evaluate on a text file (it is encoded with the model's tokenizer) or the run's own dataset."
+        )
+    batches = TokenStream(prepared, seq_len).eval_batches(split, batch_size, max_batches)
+    return batches, f"{prepared.name} [{split} split]"

@@ -1,37 +1,52 @@
-"""Reverse-process samplers for MD4 (paper Sec. 3 and Alg. 2; method file Sec. 6).
+"""Reverse-process samplers for masked diffusion (paper Sec. 3 and Alg. 2).
 
 For s < t and a masked position with mu = softmax(denoiser(z_t, t)):
 
-    p(z_s = k) = (alpha_s - alpha_t) / (1 - alpha_t) * mu[k]   (k < V)
-    p(z_s = m) = (1 - alpha_s) / (1 - alpha_t)
+    p(z_s = v) = mu[v] (alpha_v(s) - alpha_v(t)) / (1 - alpha_v(t))          (v < V)
+    p(z_s = m) = sum_v mu[v] (1 - alpha_v(s)) / (1 - alpha_v(t))
 
-Unmasked positions never change. Three grid step rules share that structure:
-``ancestral`` (one draw over V + 1 outcomes), ``top_p`` (ancestral on the
-nucleus of mu) and ``mean`` (draw x0 ~ mu, then unmask with the step's
-probability; paper App. G). Time grids are ``uniform`` or ``cosine``. ``exact``
-draws each next unmasking time directly (first-hitting sampling, method Sec. 6),
-so it makes one network call per token and no discretisation error.
+With a schedule shared by every token (MD4) alpha_v = alpha and the mask keeps (1 - alpha_s) / (1 - alpha_t);
+a per-token schedule (GenMD4, paper Sec. 6) gives each value its own alpha_v. Unmasked positions never
+change. Each sampler name maps to one complete sampler in :data:`SAMPLERS`:
 
-Categorical draws are exact in float64 by default (inverse CDF). The opt-in
-``precision="float32-gumbel"`` uses float32 Gumbel-max like the JAX release,
-which can never pick tokens below ~1e-8 probability and so acts as an implicit
-top-p (paper Sec. 6).
+- ``ancestral``: one draw over the V + 1 outcomes per masked position on a time grid (the release's default);
+- ``top_p``: the ancestral step on the nucleus of mu (release default p = 0.98);
+- ``mean``: draw x0 ~ mu, then unmask it with the step's probability (paper App. G);
+- ``exact``: first-hitting sampling: draw each next unmasking time directly, one network call per token and
+  no discretisation error.
+
+Time grids are ``uniform`` or ``cosine``. Categorical draws are exact in float64 by default (inverse CDF);
+``categorical="float32-gumbel"`` uses float32 Gumbel-max like the JAX release, which can never pick tokens
+below ~1e-8 probability and so acts as an implicit top-p (paper Sec. 6).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .diffusion import check_tokens
-from .schedules import MaskingSchedule, get_schedule
+from .tokens import check_tokens
 
+DEFAULT_STEPS = 256  # the one default number of reverse steps (library, CLI and training samples)
 GRIDS = ("uniform", "cosine")
-PRECISIONS = ("float64", "float32-gumbel")
+CATEGORICAL = ("float64", "float32-gumbel")
+
+
+class Diffusion(Protocol):
+    """What a sampler needs of a model (:class:`md4.MD4` is one)."""
+
+    vocab_size: int
+    schedule: torch.nn.Module
+    data_shape: tuple[int, ...] | None
+    time_independent: bool
+
+    def logits(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @dataclass
@@ -42,38 +57,57 @@ class SampleOutput:
     nfe: int
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The knobs shared by the samplers; each sampler reads those it uses."""
+
+    steps: int = DEFAULT_STEPS
+    grid: str = "uniform"
+    top_p: float = 0.98
+    categorical: str = "float64"
+
+    def __post_init__(self) -> None:
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps}.")
+        if self.grid not in GRIDS:
+            raise ValueError(f"Unknown time grid {self.grid!r}; valid grids are: {', '.join(GRIDS)}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.categorical not in CATEGORICAL:
+            raise ValueError(
+                f"Unknown categorical draw {self.categorical!r}; valid options are: {', '.join(CATEGORICAL)}."
+            )
+
+
 # --------------------------------------------------------------------- grids
 def time_grid(num_steps: int, grid: str = "uniform", device=None) -> torch.Tensor:
     """Times t_T = 1 > ... > t_0 = 0 (float64, length num_steps + 1).
 
     ``cosine`` maps each uniform point u to cos(pi/2 (1 - u)), spending more steps near t = 0.
     """
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps}.")
+    SamplingOptions(steps=num_steps, grid=grid)
     u = torch.linspace(1.0, 0.0, int(num_steps) + 1, dtype=torch.float64, device=device)
     if grid == "uniform":
         return u
-    if grid == "cosine":
-        t = torch.cos(0.5 * math.pi * (1.0 - u))
-        t[0], t[-1] = 1.0, 0.0
-        return t
-    raise ValueError(f"Unknown time grid {grid!r}; valid grids are: {', '.join(GRIDS)}.")
+    t = torch.cos(0.5 * math.pi * (1.0 - u))
+    t[0], t[-1] = 1.0, 0.0
+    return t
 
 
 # ---------------------------------------------------------- categorical draws
-def categorical(probs: torch.Tensor, generator: torch.Generator | None, precision: str = "float64") -> torch.Tensor:
-    """One draw per row of ``probs`` [N, K] (rows need not be normalised)."""
-    if precision == "float64":
+def categorical(probs: torch.Tensor, generator: torch.Generator | None, method: str = "float64") -> torch.Tensor:
+    """One draw per row of ``probs`` [N, K] (rows need not be normalised); ``method`` is one of CATEGORICAL."""
+    if method == "float64":
         cdf = probs.double().cumsum(-1)
         u = torch.rand(cdf.shape[:-1] + (1,), dtype=torch.float64, device=probs.device, generator=generator)
         idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).squeeze(-1)
         return idx.clamp_max(probs.shape[-1] - 1)
-    if precision == "float32-gumbel":
+    if method == "float32-gumbel":
         tiny = torch.finfo(torch.float32).tiny
         u = torch.rand(probs.shape, dtype=torch.float32, device=probs.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp_min(tiny)))
         return (torch.log(probs.float()) + gumbel).argmax(-1)
-    raise ValueError(f"Unknown sampling precision {precision!r}; valid options are: {', '.join(PRECISIONS)}.")
+    raise ValueError(f"Unknown categorical draw {method!r}; valid options are: {', '.join(CATEGORICAL)}.")
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -83,29 +117,6 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
     kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return kept / kept.sum(-1, keepdim=True)
-
-
-# ---------------------------------------------------------------- step rules
-StepRule = Callable[..., torch.Tensor]
-
-
-def ancestral_step(mu, unmask_prob, mask_id, generator, precision):
-    """Draw z_s over V + 1 outcomes: mu * p_unmask for real tokens, 1 - p_unmask for the mask (Alg. 2)."""
-    probs = torch.cat([mu * unmask_prob, 1.0 - unmask_prob], dim=-1)
-    return categorical(probs, generator, precision)  # index V is the mask id
-
-
-def mean_step(mu, unmask_prob, mask_id, generator, precision):
-    """Draw x0 ~ mu, then unmask it with probability (alpha_s - alpha_t) / (1 - alpha_t) (paper App. G)."""
-    x0 = categorical(mu, generator, precision)
-    u = torch.rand(unmask_prob.shape, dtype=unmask_prob.dtype, device=mu.device, generator=generator)
-    return torch.where(u.squeeze(-1) < unmask_prob.squeeze(-1), x0, torch.full_like(x0, mask_id))
-
-
-# "top_p" is the ancestral rule applied to the nucleus of mu (release default p = 0.98).
-SAMPLERS: dict[str, StepRule] = {"ancestral": ancestral_step, "top_p": ancestral_step, "mean": mean_step}
-# "exact" jumps between unmasking events instead of stepping on a grid (see sample_exact).
-SAMPLER_NAMES = (*SAMPLERS, "exact")
 
 
 # -------------------------------------------------------------- conditioning
@@ -120,17 +131,104 @@ def prefix_init(prefix: torch.Tensor, shape: tuple[int, ...], mask_id: int) -> t
     return init
 
 
-def _resolve_generator(generator, seed, device):
-    if generator is not None and seed is not None:
-        raise ValueError("Pass either generator or seed to the sampler, not both.")
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(seed))
-    return generator
+# ------------------------------------------------------------- the network
+class Network:
+    """mu = softmax of the model's logits, counting the calls (NFE).
+
+    A time-independent denoiser (the optimal one is, paper Sec. 3) gives the same mu for the same z at any t,
+    so a call with z unchanged since the previous one reuses its output: grid steps that unmask nothing then
+    cost no network call.
+    """
+
+    def __init__(self, model: Diffusion, labels: torch.Tensor | None, categorical_method: str):
+        self.model, self.labels = model, labels
+        self.dtype = torch.float64 if categorical_method == "float64" else torch.float32
+        self.reuse = bool(model.time_independent)
+        self.nfe = 0
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.reuse and self._last is not None and torch.equal(self._last[0], z):
+            return self._last[1]
+        logits = self.model.logits(z, t.float(), self.labels)
+        self.nfe += 1
+        probs = F.softmax(logits.to(self.dtype), dim=-1)
+        self._last = (z.clone(), probs)
+        return probs
 
 
-# ------------------------------------------------------- exact (first hitting)
-def inverse_alpha(schedule: MaskingSchedule, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+# ---------------------------------------------------------------- step rules
+StepRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Generator | None, str], torch.Tensor]
+
+
+def ancestral_step(mu, alpha_s, alpha_t, mask_id, generator, method):
+    """Draw z_s over V + 1 outcomes (Alg. 2): mu_v (a_s - a_t)/(1 - a_t) per value, the rest stays masked.
+
+    ``alpha_s``/``alpha_t`` are scalars (a shared schedule) or [V] (a per-token one); index V is the mask id.
+    """
+    alpha_s, alpha_t = alpha_s.to(mu.dtype), alpha_t.to(mu.dtype)
+    unmask = mu * (alpha_s - alpha_t) / (1.0 - alpha_t)
+    stay = (mu * (1.0 - alpha_s) / (1.0 - alpha_t)).sum(-1, keepdim=True)
+    return categorical(torch.cat([unmask, stay], dim=-1), generator, method)
+
+
+def mean_step(mu, alpha_s, alpha_t, mask_id, generator, method):
+    """Draw x0 ~ mu, then unmask it with probability (a_s - a_t) / (1 - a_t) of its value (paper App. G)."""
+    x0 = categorical(mu, generator, method)
+    unmask = (alpha_s - alpha_t) / (1.0 - alpha_t)
+    if unmask.dim():  # a per-token schedule: the drawn value's own probability
+        unmask = unmask[x0]
+    u = torch.rand(x0.shape, dtype=unmask.dtype, device=mu.device, generator=generator)
+    return torch.where(u < unmask, x0, torch.full_like(x0, mask_id))
+
+
+# ------------------------------------------------------------------ samplers
+class Sampler(ABC):
+    """A whole sampler: from z_1 (mask ids at the positions to generate) to clean tokens."""
+
+    description: str
+    uses_grid: bool = True  # whether ``steps`` and ``grid`` matter
+
+    def check(self, schedule) -> None:
+        """Raise ValueError when this sampler cannot run with ``schedule``."""
+
+    @abstractmethod
+    def run(
+        self, net: Network, schedule, z: torch.Tensor, mask_id: int, options: SamplingOptions, generator
+    ) -> torch.Tensor:
+        """The final tokens (no mask id left); ``net`` counts the network calls."""
+
+
+class GridSampler(Sampler):
+    """Steps t_i -> t_{i-1} on a time grid with one step rule; positions still masked at t = 0 take argmax mu."""
+
+    def __init__(
+        self,
+        step: StepRule,
+        description: str,
+        truncate: Callable[[torch.Tensor, SamplingOptions], torch.Tensor] | None = None,
+    ):
+        self.step, self.description, self.truncate = step, description, truncate
+
+    def run(self, net, schedule, z, mask_id, options, generator):
+        times = time_grid(options.steps, options.grid, device=z.device)
+        alphas = schedule.alpha(times)  # [T + 1] or [T + 1, V], float64
+        batch = z.shape[0]
+        for i in range(options.steps):
+            masked = z == mask_id
+            if not masked.any():
+                return z
+            mu = net(z, times[i].expand(batch))[masked]
+            if self.truncate is not None:
+                mu = self.truncate(mu, options)
+            z[masked] = self.step(mu, alphas[i + 1], alphas[i], mask_id, generator, options.categorical)
+        masked = z == mask_id
+        if masked.any():
+            z[masked] = net(z, times[-1].expand(batch))[masked].argmax(-1)
+        return z
+
+
+def inverse_alpha(schedule, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
     """t with alpha(t) = target, by bisection in float64 (alpha is decreasing on [0, 1])."""
     lo = torch.zeros_like(target, dtype=torch.float64)
     hi = torch.ones_like(target, dtype=torch.float64)
@@ -141,7 +239,7 @@ def inverse_alpha(schedule: MaskingSchedule, target: torch.Tensor, iterations: i
     return 0.5 * (lo + hi)
 
 
-def next_unmask_time(schedule: MaskingSchedule, t: torch.Tensor, num_masked: torch.Tensor, generator) -> torch.Tensor:
+def next_unmask_time(schedule, t: torch.Tensor, num_masked: torch.Tensor, generator) -> torch.Tensor:
     """When, going back from t, the first of ``num_masked`` masked positions unmasks.
 
     Each masked position unmasks at an independent time tau with P(tau <= s | tau <= t) = (1 - alpha_s) / (1 - alpha_t),
@@ -152,144 +250,135 @@ def next_unmask_time(schedule: MaskingSchedule, t: torch.Tensor, num_masked: tor
     return torch.minimum(inverse_alpha(schedule, 1.0 - one_minus), t)
 
 
-@torch.no_grad()
-def sample_exact(denoiser, schedule, z: torch.Tensor, mask_id: int, labels, generator, precision) -> SampleOutput:
-    """Exact reverse process: jump from one unmasking event to the next, one position per sequence per call.
+class ExactSampler(Sampler):
+    """Jump from one unmasking event to the next: one position per sequence per network call.
 
-    Every position unmasks at its own time, so one network call per event suffices and a sequence with
-    D masked positions takes exactly D calls, whatever the schedule, and no step-size error is made.
+    Every position unmasks at its own time, so a sequence with D masked positions takes exactly D calls,
+    whatever the schedule, and no step-size error is made. The unmasking times do not depend on the values
+    only when every token shares one schedule, so per-token schedules are not supported here.
     """
-    batch = z.shape[0]
-    t = torch.ones(batch, dtype=torch.float64, device=z.device)
-    nfe = 0
-    while True:
-        masked = (z == mask_id).reshape(batch, -1)
-        count = masked.sum(1)
-        if not bool(count.any()):
-            return SampleOutput(tokens=z, nfe=nfe)
-        active = count > 0
-        t = torch.where(active, next_unmask_time(schedule, t, count, generator), t)
-        logits = denoiser(z, t.float()) if labels is None else denoiser(z, t.float(), labels=labels)
-        nfe += 1
-        logits = logits.double() if precision == "float64" else logits.float()
-        probs = F.softmax(logits, dim=-1).reshape(batch, -1, logits.shape[-1])
-        # the position that unmasks is uniform among the masked ones
-        choice = categorical(masked.double(), generator, "float64")
-        token = categorical(probs[torch.arange(batch, device=z.device), choice], generator, precision)
-        flat = z.reshape(batch, -1)
-        rows = active.nonzero().squeeze(-1)
-        flat[rows, choice[rows]] = token[rows]
-        z = flat.reshape(z.shape)
+
+    description = "first-hitting: one network call per token, no discretisation error"
+    uses_grid = False
+
+    def check(self, schedule) -> None:
+        if schedule.per_token:
+            raise ValueError(
+                f"The exact sampler needs one schedule shared by every token, but {schedule.name} is per token; "
+                "use the ancestral sampler."
+            )
+
+    def run(self, net, schedule, z, mask_id, options, generator):
+        batch = z.shape[0]
+        t = torch.ones(batch, dtype=torch.float64, device=z.device)
+        while True:
+            masked = (z == mask_id).reshape(batch, -1)
+            count = masked.sum(1)
+            if not bool(count.any()):
+                return z
+            active = count > 0
+            t = torch.where(active, next_unmask_time(schedule, t, count, generator), t)
+            probs = net(z, t)
+            probs = probs.reshape(batch, -1, probs.shape[-1])
+            choice = categorical(masked.double(), generator, "float64")  # uniform among the masked positions
+            token = categorical(probs[torch.arange(batch, device=z.device), choice], generator, options.categorical)
+            flat = z.reshape(batch, -1).clone()
+            rows = active.nonzero().squeeze(-1)
+            flat[rows, choice[rows]] = token[rows]
+            z = flat.reshape(z.shape)
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": GridSampler(ancestral_step, "one draw over V + 1 outcomes per step (Alg. 2)"),
+    "top_p": GridSampler(
+        ancestral_step, "ancestral on the nucleus of mu (--top-p)", truncate=lambda mu, o: nucleus(mu, o.top_p)
+    ),
+    "mean": GridSampler(mean_step, "draw x0 ~ mu, then unmask with the step's probability (App. G)"),
+    "exact": ExactSampler(),
+}
+SAMPLER_NAMES = tuple(SAMPLERS)
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {name!r}; valid samplers are: {', '.join(SAMPLER_NAMES)}.")
+    return SAMPLERS[name]
 
 
 # -------------------------------------------------------------------- driver
-@torch.no_grad()
-def sample(
-    denoiser: Callable[..., torch.Tensor],
-    schedule: str | MaskingSchedule,
-    shape: tuple[int, ...],
-    vocab_size: int,
-    *,
-    num_steps: int = 1000,
-    sampler: str = "ancestral",
-    grid: str = "uniform",
-    top_p: float = 0.98,
-    precision: str = "float64",
-    init: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    time_independent: bool | None = None,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    device: torch.device | str | None = None,
-) -> SampleOutput:
-    """Run the reverse process from all-mask z_1 (or ``init``) to clean tokens.
-
-    Args:
-        denoiser: ``denoiser(z, t[, labels=...]) -> logits [B, *shape, V]``.
-        schedule: the masking schedule (object or name) the model was trained with.
-        shape: [B, *data_shape] of the samples.
-        num_steps: number of reverse steps T on the time grid.
-        sampler: ``ancestral`` (release default), ``top_p``, ``mean``, or ``exact`` (first-hitting: one call per
-            unmasked token, no discretisation error; ``num_steps`` and ``grid`` are then unused).
-        grid: ``uniform`` or ``cosine`` time grid.
-        top_p: nucleus mass for ``top_p``.
-        precision: ``float64`` (exact draws) or ``float32-gumbel`` (the release's behaviour).
-        init: conditioning: tokens [B, *data_shape] that stay fixed, with the mask id V at positions to generate
-            (see :func:`prefix_init` for a prefix; any pattern of holes gives infilling).
-        labels: class labels passed to the denoiser.
-        time_independent: if the denoiser ignores t, reuse its output across steps that unmask nothing
-            (no network call). Defaults to ``denoiser.time_independent`` when present.
-        generator / seed: the source of randomness (one of them, or neither for the global RNG).
-
-    Returns:
-        :class:`SampleOutput` with tokens (no mask id left: positions still masked after the last step take
-        argmax mu) and the NFE.
-    """
-    if sampler not in SAMPLER_NAMES:
-        raise ValueError(f"Unknown sampler {sampler!r}; valid samplers are: {', '.join(SAMPLER_NAMES)}.")
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown sampling precision {precision!r}; valid options are: {', '.join(PRECISIONS)}.")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-    schedule = get_schedule(schedule)
-    mask_id = int(vocab_size)
-    if init is not None:
-        check_tokens(init, vocab_size, allow_mask=True, name="init")
-        if tuple(init.shape) != tuple(shape):
-            raise ValueError(f"init has shape {tuple(init.shape)} but the requested samples have shape {tuple(shape)}.")
-        device = init.device
-        z = init.clone().long()
-    else:
-        device = torch.device(device) if device is not None else _module_device(denoiser)
-        z = torch.full(tuple(shape), mask_id, dtype=torch.long, device=device)
-    if time_independent is None:
-        time_independent = bool(getattr(denoiser, "time_independent", False))
-    generator = _resolve_generator(generator, seed, device)
-    if sampler == "exact":
-        return sample_exact(denoiser, schedule, z, mask_id, labels, generator, precision)
-    step_rule = SAMPLERS[sampler]
-    times = time_grid(num_steps, grid)
-    alphas = schedule.alpha(times).tolist()
-    times = times.tolist()
-    batch = z.shape[0]
-
-    nfe = 0
-    cached_probs = None  # mu at the current z, valid while z is unchanged (time-independent denoiser only)
-
-    def probs_at(t: float) -> torch.Tensor:
-        nonlocal nfe
-        tt = torch.full((batch,), t, dtype=torch.float32, device=device)
-        logits = denoiser(z, tt) if labels is None else denoiser(z, tt, labels=labels)
-        nfe += 1
-        return F.softmax(logits.double() if precision == "float64" else logits.float(), dim=-1)
-
-    for i in range(len(times) - 1):
-        masked = z == mask_id
-        if not masked.any():
-            break
-        if cached_probs is None or not time_independent:
-            cached_probs = probs_at(times[i])
-        unmask_prob = (alphas[i + 1] - alphas[i]) / (1.0 - alphas[i])
-        mu = cached_probs[masked]
-        if sampler == "top_p":
-            mu = nucleus(mu, top_p)
-        p = torch.full((mu.shape[0], 1), unmask_prob, dtype=mu.dtype, device=device)
-        new = step_rule(mu, p, mask_id, generator, precision)
-        if bool((new != mask_id).any()):
-            z[masked] = new
-            cached_probs = None
-
-    masked = z == mask_id
-    if masked.any():  # final decode: argmax mu for any position still masked
-        if cached_probs is None or not time_independent:
-            cached_probs = probs_at(times[-1])
-        z[masked] = cached_probs[masked].argmax(-1)
-    return SampleOutput(tokens=z, nfe=nfe)
+def _resolve_generator(generator, seed, device):
+    if generator is not None and seed is not None:
+        raise ValueError("Pass either generator or seed to the sampler, not both.")
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(seed))
+    return generator
 
 
-def _module_device(denoiser) -> torch.device:
-    params = getattr(denoiser, "parameters", None)
+def _model_device(model) -> torch.device:
+    params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
             return p.device
     return torch.device("cpu")
+
+
+@torch.no_grad()
+def sample(
+    model: Diffusion,
+    num_samples: int | None = None,
+    *,
+    shape: tuple[int, ...] | None = None,
+    steps: int = DEFAULT_STEPS,
+    sampler: str = "ancestral",
+    grid: str = "uniform",
+    top_p: float = 0.98,
+    categorical: str = "float64",
+    init: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+) -> SampleOutput:
+    """Run the reverse process of ``model`` from all-mask z_1 (or ``init``) to clean tokens.
+
+    Args:
+        model: an :class:`md4.MD4` (its denoiser, schedule and vocabulary are used as trained).
+        num_samples: how many samples; with ``shape`` (default ``model.data_shape``) it gives z_1's shape.
+        steps: reverse steps T on the time grid (unused by ``exact``).
+        sampler: a name in :data:`SAMPLERS`: ``ancestral``, ``top_p``, ``mean`` or ``exact``.
+        grid: ``uniform`` or ``cosine`` time grid.
+        top_p: nucleus mass for ``top_p``.
+        categorical: ``float64`` (exact draws) or ``float32-gumbel`` (the release's truncating draws).
+        init: conditioning: tokens [B, *data_shape] that stay fixed, with the mask id V at positions to generate
+            (see :func:`prefix_init` for a prefix; any pattern of holes gives infilling). Replaces num_samples.
+        labels: class labels [B] passed to the denoiser.
+        generator / seed: the source of randomness (one of them, or neither for the global RNG).
+
+    Returns:
+        :class:`SampleOutput` with tokens (no mask id left) and the number of network calls (NFE).
+    """
+    options = SamplingOptions(steps=steps, grid=grid, top_p=top_p, categorical=categorical)
+    chosen = get_sampler(sampler)
+    chosen.check(model.schedule)
+    mask_id = int(model.vocab_size)
+    shape = shape or model.data_shape
+    if init is not None:
+        check_tokens(init, model.vocab_size, allow_mask=True, name="init")
+        if num_samples is not None and tuple(init.shape) != (num_samples, *(shape or init.shape[1:])):
+            raise ValueError(
+                f"init has shape {tuple(init.shape)} but {num_samples} samples of shape {shape} were asked for; "
+                "pass init alone."
+            )
+        z = init.clone().long()
+    else:
+        if num_samples is None or shape is None:
+            raise ValueError("Pass num_samples (and shape, unless the model has a data_shape), or init.")
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
+        device = torch.device(device) if device is not None else _model_device(model)
+        z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
+    net = Network(model, labels, options.categorical)
+    generator = _resolve_generator(generator, seed, z.device)
+    tokens = chosen.run(net, model.schedule, z, mask_id, options, generator)
+    return SampleOutput(tokens=tokens, nfe=net.nfe)

@@ -10,6 +10,11 @@ release, the raw family alpha~(t) is clamped away from 0 and 1:
 Only the weight w(t) = alpha'(t) / (1 - alpha(t)) (<= 0) enters the
 continuous-time loss (paper Eq. 4), and in continuous time the bound does not
 depend on the schedule except through alpha(0) and alpha(1).
+
+A schedule is an ``nn.Module`` owned by its model, so a learnable schedule's parameters live in
+the state dict, the optimizer and the EMA like any weight. ``alpha(t)`` has the shape of ``t`` for
+the schedules here, which every token shares; a per-token schedule (GenMD4, paper Sec. 6) sets
+``per_token = True`` and returns a trailing vocabulary axis ``[..., V]``.
 """
 
 from __future__ import annotations
@@ -19,20 +24,31 @@ import re
 from abc import ABC, abstractmethod
 
 import torch
+from torch import nn
 
 DEFAULT_EPS = 1e-4
 _POLY_T_FLOOR = 1e-12
 
 
-class MaskingSchedule(ABC):
+def check_eps(eps: float) -> float:
+    """The schedule clamp eps, checked: in (0, 0.5) so alpha stays in (0, 1) and every loss weight is finite."""
+    if not 0.0 < eps < 0.5:
+        raise ValueError(
+            f"The schedule's eps must be in (0, 0.5) so the loss weight stays finite at t = 0, got {eps}; "
+            "the release uses 1e-4."
+        )
+    return float(eps)
+
+
+class MaskingSchedule(nn.Module, ABC):
     """alpha(t) = (1 - 2 eps) alpha~(t) + eps for a family alpha~ given by subclasses."""
 
     name: str
+    per_token: bool = False  # True when alpha(t) has a trailing vocabulary axis [..., V]
 
     def __init__(self, eps: float = DEFAULT_EPS):
-        if not 0.0 <= eps < 0.5:
-            raise ValueError(f"Schedule eps must be in [0, 0.5), got {eps}; the release uses 1e-4.")
-        self.eps = float(eps)
+        super().__init__()
+        self.eps = check_eps(eps)
 
     @abstractmethod
     def raw_alpha(self, t: torch.Tensor) -> torch.Tensor:
@@ -59,8 +75,8 @@ class MaskingSchedule(ABC):
         a = self.alpha(t)
         return torch.log(a) - torch.log1p(-a)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, eps={self.eps})"
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, eps={self.eps}"
 
 
 class LinearSchedule(MaskingSchedule):
@@ -132,10 +148,8 @@ _POLY = re.compile(r"^poly(\d+(?:\.\d*)?|\.\d+)$")
 SCHEDULE_NAMES = ("linear", "cosine", "geometric", "polyK (any real K > 0, e.g. poly2 or poly0.5)")
 
 
-def get_schedule(name: str | MaskingSchedule, eps: float = DEFAULT_EPS) -> MaskingSchedule:
-    """Look up a schedule by name: ``linear``, ``cosine``, ``geometric`` or ``polyK``."""
-    if isinstance(name, MaskingSchedule):
-        return name
+def get_schedule(name: str, eps: float = DEFAULT_EPS) -> MaskingSchedule:
+    """Build a schedule by name: ``linear``, ``cosine``, ``geometric`` or ``polyK``."""
     if name in _FIXED:
         return _FIXED[name](eps=eps)
     match = _POLY.match(str(name))

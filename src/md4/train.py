@@ -1,16 +1,14 @@
 """The training loop: AdamW with warmup + cosine decay, clipping, EMA, accumulation, bf16, checkpoints.
 
-The trainer is written against two small interfaces so other objectives and data slot in:
-the model is a module with ``loss(x) -> (scalar, metrics)``, ``nelbo(x, generator=...)`` and
-``sample(n, ...)`` (its whole state is saved, so learned schedules slot in); the data has
-``train_batch(batch_size, generator)``, ``eval_batches(split, batch_size, max_batches)``, ``decode(tokens)``,
-``tokenizer`` and ``vocab_size``.
+The trainer is written against two small interfaces so other objectives and data slot in: the model is
+a module with ``loss(x, labels=) -> (scalar, metrics)`` and ``nelbo(x, labels=, generator=)`` that
+:func:`md4.sample` can draw from (its whole state dict is saved and averaged, so learned schedules slot
+in); the data is a :class:`md4.data.Dataset` (batches of ``(x, labels or None)`` of any shape, a codec).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import signal
 import time
@@ -22,17 +20,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from md4.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    write_text_atomic,
-)
+from md4.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from md4.config import Config, ConfigError
+from md4.device import autocast, resolve_device
 from md4.evaluate import estimate_nelbo
+from md4.files import write_atomic
 from md4.metrics_log import MetricsLog
-from md4.run import autocast, build_model, read_run_files, resolve_device
+from md4.models import DataSpec, build_model
+from md4.run import read_run_files, write_run_files
+from md4.sampling import sample
 
 # Keys that may change when a run is resumed; any other difference is an error.
 RESUMABLE_KEYS = {
@@ -77,10 +73,22 @@ def config_differences(old: Config, new: Config) -> list[str]:
     diffs = []
     a, b = old.to_dict(), new.to_dict()
     for section in a:
-        for key, value in a[section].items():
-            if b[section][key] != value and not (section == "train" and key in RESUMABLE_KEYS):
-                diffs.append(f"{section}.{key} ({value!r} -> {b[section][key]!r})")
+        for key in sorted(set(a[section]) | set(b[section])):
+            before, after = a[section].get(key), b[section].get(key)
+            if before != after and not (section == "train" and key in RESUMABLE_KEYS):
+                diffs.append(f"{section}.{key} ({before!r} -> {after!r})")
     return diffs
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict[str, Any]]:
+    """AdamW groups: decay on every parameter (``scope="all"``, the release) or only on weights of rank >= 2."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if scope == "all":
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 @contextmanager
@@ -119,16 +127,14 @@ class Trainer:
 
     def __init__(self, config: Config, model, data, run_dir: str | Path, resume: bool = False, progress: bool = True):
         self.config, self.data, self.run_dir = config, data, Path(run_dir)
+        self.spec = DataSpec.of(data)
         self.t = config.train
         self.device = resolve_device(self.t.device)
         self.model = model.to(self.device)
         self.progress = progress
         self.ema = EMA(self.model, self.t.ema_decay)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            parameter_groups(self.model, self.t.weight_decay, self.t.weight_decay_scope),
             lr=self.t.lr,
             betas=(self.t.beta1, self.t.beta2),
             fused=self.device.type == "cuda",
@@ -151,21 +157,20 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out."
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "config.json", self.config.to_json())
-        write_text_atomic(self.run_dir / "tokenizer.json", json.dumps(self.data.tokenizer.to_dict()))
+        write_run_files(self.run_dir, self.config, self.data.codec, self.spec)
 
     def _resume(self) -> None:
-        saved_config, saved_tokenizer = read_run_files(self.run_dir)
+        saved_config, saved_codec, saved_spec = read_run_files(self.run_dir)
         diffs = config_differences(saved_config, self.config)
         if diffs:
             raise ConfigError(
                 f"Cannot resume {self.run_dir} with a different config: {'; '.join(diffs)}. "
                 "Use the run's own settings or start a new run with another --out."
             )
-        if saved_tokenizer.to_dict() != self.data.tokenizer.to_dict():
+        if saved_codec.to_dict() != self.data.codec.to_dict() or saved_spec != self.spec:
             raise ConfigError(
-                f"Cannot resume {self.run_dir}: the data's vocabulary differs from the one the run was trained with; "
-                "use the same dataset."
+                f"Cannot resume {self.run_dir}: the data's vocabulary or shape differs from the one the run was "
+                "trained with; use the same dataset."
             )
         ckpt = load_checkpoint(latest_checkpoint(self.run_dir), map_location=self.device)
         self.model.load_state_dict(ckpt.model)
@@ -177,7 +182,7 @@ class Trainer:
         self.data_generator.set_state(ckpt.rng["data"].cpu())
         self.step = int(ckpt.state["step"])
         self.tokens_seen = int(ckpt.state["tokens_seen"])
-        write_text_atomic(self.run_dir / "config.json", self.config.to_json())
+        write_atomic(self.run_dir / "config.json", self.config.to_json())
 
     def save(self) -> Path:
         rng = {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()}
@@ -203,14 +208,17 @@ class Trainer:
         self.model.train()
         total, bits = 0.0, 0.0
         for _ in range(self.t.grad_accum):
-            x = self.data.train_batch(self.t.batch_size, self.data_generator).to(self.device, non_blocking=True)
+            x, labels = self.data.train_batch(self.t.batch_size, self.data_generator)
+            x = x.to(self.device, non_blocking=True)
+            labels = None if labels is None else labels.to(self.device, non_blocking=True)
             with autocast(self.device, self.t.precision):
-                loss, metrics = self.model.loss(x)
+                loss, metrics = self.model.loss(x, labels=labels)
             (loss / self.t.grad_accum).backward()
             total += float(metrics["loss"]) / self.t.grad_accum
             bits += float(metrics["bits_per_token"]) / self.t.grad_accum
             self.tokens_seen += x.numel()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
+        max_norm = self.t.grad_clip if self.t.grad_clip > 0 else math.inf  # 0: measure the norm, do not clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model)
@@ -223,12 +231,15 @@ class Trainer:
         return estimate.to_dict()
 
     def write_samples(self) -> Path:
-        out = self.ema.module.sample(self.t.num_samples, num_steps=self.t.sample_steps, seed=self.t.seed + self.step)
-        texts = self.data.decode(out.tokens)
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.txt"
-        path.parent.mkdir(exist_ok=True)
-        write_text_atomic(path, "\n\n----------\n\n".join(texts) + "\n")
-        self.log.text("samples", texts[0], self.step)
+        """Samples of the EMA model (one per class, in turn, for class-conditional data) into ``samples/``."""
+        labels = None
+        if self.spec.num_classes is not None:
+            labels = torch.arange(self.t.num_samples, device=self.device) % self.spec.num_classes
+        out = sample(
+            self.ema.module, self.t.num_samples, steps=self.t.sample_steps, labels=labels, seed=self.t.seed + self.step
+        )
+        path = self.data.codec.write_samples(out.tokens.cpu(), self.run_dir / "samples" / f"step_{self.step:08d}")
+        self.log.text("samples", self.data.codec.decode(out.tokens[0].cpu()), self.step)
         return path
 
     def fit(self) -> TrainResult:
@@ -285,11 +296,14 @@ class Trainer:
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Prepare the data, build the model and train; the entry point behind ``md4 train``."""
-    from md4.data import TextBatches, prepare
+    """Prepare the data, build the model and train; the entry point behind ``md4 train``.
+
+    ``config`` has been validated whole (:func:`md4.config.validate`) before any data is prepared.
+    """
+    from md4.data import TokenStream, prepare
 
     prepared = prepare(config.data.name, seq_len=config.data.seq_len)
-    data = TextBatches(prepared, config.data.seq_len)
+    data = TokenStream(prepared, config.data.seq_len)
     torch.manual_seed(config.train.seed)
-    model = build_model(config, data.vocab_size)
+    model = build_model(config, DataSpec.of(data))
     return Trainer(config, model, data, run_dir, resume=resume, progress=progress).fit()

@@ -1,39 +1,33 @@
-"""Data: tokenizers, corpus recipes cached as memory-mapped token arrays, and batch loaders."""
+"""Data: codecs and tokenizers, corpus recipes cached as memory-mapped token arrays, and datasets that batch them."""
 
-from md4.data.batches import TextBatches
-from md4.data.cache import cache_dir
-from md4.data.errors import DataError
-from md4.data.loader import eval_chunks, num_chunks, random_windows
-from md4.data.packing import pack_documents
-from md4.data.recipes import available_recipes, prepare, recipe_descriptions
-from md4.data.store import PreparedData
-from md4.data.tokenizers import (
-    CharTokenizer,
-    GPT2Tokenizer,
-    Text8Tokenizer,
-    Tokenizer,
-    token_dtype,
-    tokenizer_from_dict,
-)
+from md4.data.batches import ArrayDataset, Batch, Dataset, TokenStream, eval_chunks, random_windows
+from md4.data.codec import Codec, RawCodec, codec_from_dict
+from md4.data.recipes import available_recipes, prepare, recipe_descriptions, recipe_vocab_size
+from md4.data.store import DataError, PreparedData, cache_dir, token_dtype
+from md4.data.tokenizers import CharTokenizer, GPT2Tokenizer, Text8Tokenizer, Tokenizer
 from md4.data.wikifil import wikifil
 
 __all__ = [
+    "ArrayDataset",
+    "Batch",
     "CharTokenizer",
-    "TextBatches",
+    "Codec",
     "DataError",
+    "Dataset",
     "GPT2Tokenizer",
     "PreparedData",
+    "RawCodec",
     "Text8Tokenizer",
+    "TokenStream",
     "Tokenizer",
     "available_recipes",
     "cache_dir",
+    "codec_from_dict",
     "eval_chunks",
-    "num_chunks",
-    "pack_documents",
     "prepare",
     "random_windows",
     "recipe_descriptions",
-    "tokenizer_from_dict",
+    "recipe_vocab_size",
     "token_dtype",
     "wikifil",
 ]

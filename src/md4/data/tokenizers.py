@@ -1,42 +1,29 @@
-"""Tokenizers (text8 characters, corpus characters, GPT-2 BPE), each saved as a small JSON dict."""
+"""Tokenizers: codecs for text (text8 characters, corpus characters, GPT-2 BPE) that also encode."""
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from md4.data.errors import DataError
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned dtype that stores ids ``0..vocab_size-1``: uint16 or uint32."""
-    return np.dtype(np.uint16 if vocab_size <= 2**16 - 1 else np.uint32)
+from md4.data.codec import CODECS, Codec, as_ids
+from md4.data.store import DataError, token_dtype
 
 
 def _as_ids(ids: Any, vocab_size: int) -> np.ndarray:
     """Turn a sequence, numpy array or torch tensor of ids into a checked 1-D int64 array."""
-    if hasattr(ids, "detach"):
-        ids = ids.detach().cpu().numpy()
-    arr = np.asarray(ids, dtype=np.int64)
+    arr = as_ids(ids, vocab_size)
     if arr.ndim != 1:
         raise DataError(f"decode takes a 1-D sequence of ids but got shape {arr.shape}; decode one row at a time.")
-    bad = (arr < 0) | (arr >= vocab_size)
-    if bad.any():
-        raise DataError(
-            f"token id {int(arr[bad][0])} is outside the vocabulary [0, {vocab_size}); "
-            "remove mask or padding ids before decoding."
-        )
     return arr
 
 
-class Tokenizer(ABC):
-    """Maps text to ids in ``[0, vocab_size)`` and back; ``to_dict`` lets a run directory rebuild it."""
+class Tokenizer(Codec):
+    """A codec for text: also maps text to ids in ``[0, vocab_size)``."""
 
-    vocab_size: int
     eos_id: int | None = None
 
     @abstractmethod
@@ -46,14 +33,6 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: Iterable[str]) -> list[np.ndarray]:
         """Encode several texts (subclasses may do it in parallel)."""
         return [self.encode(text) for text in texts]
-
-    @abstractmethod
-    def decode(self, ids: Any) -> str:
-        """Return the text of a 1-D sequence of ids (list, numpy array or torch tensor)."""
-
-    @abstractmethod
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable description; ``tokenizer_from_dict`` inverts it."""
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -161,13 +140,8 @@ class GPT2Tokenizer(Tokenizer):
         return {"type": "gpt2"}
 
 
-def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from ``Tokenizer.to_dict()``."""
-    kind = d.get("type")
-    if kind == "text8":
-        return Text8Tokenizer()
-    if kind == "char":
-        return CharTokenizer(d["chars"])
-    if kind == "gpt2":
-        return GPT2Tokenizer()
-    raise DataError(f"unknown tokenizer type {kind!r}; expected one of 'text8', 'char', 'gpt2'.")
+CODECS.update(
+    text8=lambda d: Text8Tokenizer(),
+    char=lambda d: CharTokenizer(d["chars"]),
+    gpt2=lambda d: GPT2Tokenizer(),
+)

@@ -20,12 +20,12 @@ _RULES = [
         (r"<ref[^<]*</ref>", "", 0),  # references
         (r"<[^>]*>", "", 0),  # xhtml tags
         (r"\[http:[^\] ]*", "[", 0),  # urls, keeping their visible text
-        (r"\|thumb", "", re.I),  # image options, keeping captions
-        (r"\|left", "", re.I),
-        (r"\|right", "", re.I),
-        (r"\|\d+px", "", re.I),
-        (r"\[\[image:[^\[\]]*\|", "", re.I),
-        (r"\[\[category:([^|\]]*)[^\]]*\]\]", r"[[\1]]", re.I),  # categories as plain words
+        (r"\|thumb", "", re.IGNORECASE),  # image options, keeping captions
+        (r"\|left", "", re.IGNORECASE),
+        (r"\|right", "", re.IGNORECASE),
+        (r"\|\d+px", "", re.IGNORECASE),
+        (r"\[\[image:[^\[\]]*\|", "", re.IGNORECASE),
+        (r"\[\[category:([^|\]]*)[^\]]*\]\]", r"[[\1]]", re.IGNORECASE),  # categories as plain words
         (r"\[\[[a-z\-]*:[^\]]*\]\]", "", 0),  # links to other languages
         (r"\[\[[^|\]]*\|", "[[", 0),  # link targets, keeping their visible text
         (r"\{\{[^}]*\}\}", "", 0),  # templates
@@ -34,9 +34,9 @@ _RULES = [
         (r"&[^;]*;", " ", 0),  # other entities
     ]
 ]
-_REDIRECT = re.compile(r"#redirect", re.ASCII | re.I)
+_REDIRECT = re.compile(r"#redirect", re.ASCII | re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]")
-_DIGIT_WORDS = " zero one two three four five six seven eight nine".split(" ")[1:]
+_DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _NOT_LETTERS = re.compile(r"[^a-z]+")
 

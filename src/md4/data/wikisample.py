@@ -13,10 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from md4.data.errors import DataError
-from md4.data.registry import pip_download
-from md4.data.split import contiguous_split
-from md4.data.store import Built
+from md4.data.store import Built, DataError, contiguous_split, pip_download
 from md4.data.tokenizers import Text8Tokenizer
 from md4.data.wikifil import wikifil
 
@@ -30,7 +27,7 @@ def _installed_dump() -> Path | None:
     spec = importlib.util.find_spec("gensim")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]).parent / MEMBER
+    path = Path(next(iter(spec.submodule_search_locations))).parent / MEMBER
     return path if path.is_file() else None
 
 

@@ -1,33 +1,34 @@
-"""Bidirectional transformer denoiser, following the MD4 release's text network.
+"""Bidirectional transformer denoiser, following the text network of the MD4 release.
 
-Method file (docs/md4-method.md) section 8; Shi et al., NeurIPS 2024 (arXiv 2406.04329):
-RoPE attention without biases, gated MLP ``w2(act(w1 x) * w3 x)`` with hidden size 8d/3
-rounded up to a multiple of 32, time conditioning by adaLN-Zero (Peebles & Xie 2023) on a
-sinusoidal embedding of ``1000 * t``, a final adaLN and a zero-initialised logits layer,
-depth-scaled init, dropout, and an optional small "outside" token embedding (text8).
+Shi et al., "Simplified and Generalized Masked Diffusion for Discrete Data", NeurIPS 2024 (arXiv 2406.04329),
+and the authors' JAX release (github.com/google-deepmind/md4, ``md4/networks/transformer.py``): RoPE attention
+without biases, gated MLP ``w2(act(w1 x) * w3 x)``, time conditioning by adaLN-Zero (Peebles & Xie 2023) on a
+sinusoidal embedding of ``1000 * t``, a final adaLN and a zero-initialised logits layer, and an optional small
+"outside" token embedding (text8). :meth:`TransformerConfig.release_text8` and
+:meth:`TransformerConfig.release_openwebtext` build the release's networks layer for layer; the defaults are
+md4's own variant (see docs/guide.md).
 
-Contract (docs/architecture.md): ``model(z_t [B, *shape], t [B]) -> logits [B, *shape, V]``;
-the mask id is ``V``, so ``V + 1`` ids are embedded and ``V`` logits are returned.
+Contract: ``model(z_t [B, *shape], t [B]) -> logits [B, *shape, V]``; the mask id is ``V``, so ``V + 1`` ids
+are embedded and ``V`` logits are returned.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MLP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "glu": torch.sigmoid,
-    "swiglu": F.silu,
-    "geglu": F.gelu,
-}
+# Activation of each gated MLP type (the release's activation_map).
+MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {"glu": nn.Sigmoid, "swiglu": nn.SiLU, "geglu": nn.GELU}
 TIME_CONDITIONINGS = ("adaln_zero", "none")
-TIME_FREQ_DIM = 256  # width of the sinusoidal time features fed to the time MLP
+MODULATION_ACTS = ("silu", "mlp")
+INITS = ("gpt2", "release")
 INIT_STD = 0.02
+# Standard deviation of N(0, 1) truncated to [-2, 2]; JAX's truncated_normal variance scaling divides by it.
+TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 
 @dataclass
@@ -50,9 +51,27 @@ class TransformerConfig:
     # cannot tell positions apart in an all-mask input, so position-dependent data (pixels, fixed
     # layouts) needs it; stationary text does not.
     max_positions: int | None = None
-    # Width of the conditioning vector feeding adaLN (None: dim). MDLM/SEDD use 128; at full width the
-    # per-block modulation (cond_dim -> 6 dim) is about a third of the text8 model's parameters.
+    # Width of the conditioning vector feeding adaLN (None: dim; release: 64). At full width the per-block
+    # modulation (cond_dim -> 6 dim) is about a third of a 12 x 768 model's parameters.
     cond_dim: int | None = None
+    # Width of the sinusoidal time features (release: 64).
+    time_features: int = 256
+    # Hidden width of the time MLP (None: the conditioning width; release: 256 = 4 * 64).
+    time_hidden: int | None = None
+    # Biases in the time MLP and in every adaLN modulation (release: True).
+    cond_bias: bool = False
+    # Activation before each adaLN modulation: "silu", or "mlp" for the MLP type's own (release: "mlp").
+    modulation_act: str = "silu"
+    # Bias on the outside embedding's projection to width dim (release: True); unused without one.
+    embed_bias: bool = False
+    # Dropout on the token embedding (release: only for a full-width embedding, so False for text8).
+    embed_dropout: bool = True
+    # Residual dropout as Dropout1d, one mask per (example, channel) shared by all positions (release: True).
+    channel_dropout: bool = False
+    # Dropout on the attention probabilities (release: the same rate as dropout).
+    attn_dropout: float = 0.0
+    # "gpt2": N(0, 0.02) with depth-scaled residual projections; "release": the release's lecun-normal scheme.
+    init: str = "gpt2"
 
     def __post_init__(self) -> None:
         if self.mlp_type not in MLP_ACTIVATIONS:
@@ -61,13 +80,19 @@ class TransformerConfig:
             raise ValueError(
                 f"Unknown time_conditioning {self.time_conditioning!r}; use one of {list(TIME_CONDITIONINGS)}."
             )
+        if self.modulation_act not in MODULATION_ACTS:
+            raise ValueError(f"Unknown modulation_act {self.modulation_act!r}; use one of {list(MODULATION_ACTS)}.")
+        if self.init not in INITS:
+            raise ValueError(f"Unknown init {self.init!r}; use one of {list(INITS)}.")
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "mlp_hidden_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        for name in ("num_classes", "outside_embed_dim", "max_positions", "cond_dim"):
+        for name in ("num_classes", "outside_embed_dim", "max_positions", "cond_dim", "time_hidden"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or a positive integer, got {value}.")
+        if self.time_features < 4 or self.time_features % 2:
+            raise ValueError(f"time_features must be an even integer of at least 4, got {self.time_features}.")
         if self.dim % self.n_heads:
             raise ValueError(
                 f"dim={self.dim} is not divisible by n_heads={self.n_heads}; choose dim as a multiple of n_heads."
@@ -76,8 +101,9 @@ class TransformerConfig:
             raise ValueError(
                 f"Head dim dim/n_heads={self.head_dim} is odd but RoPE needs it even; change dim or n_heads."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
 
     @property
     def head_dim(self) -> int:
@@ -85,9 +111,9 @@ class TransformerConfig:
 
     @property
     def mlp_hidden(self) -> int:
-        """``8 * dim / 3`` rounded up to a multiple of ``mlp_hidden_multiple`` (method file s.8)."""
+        """``int(8 * dim / 3)`` rounded up to a multiple of ``mlp_hidden_multiple``, as in the release."""
         m = self.mlp_hidden_multiple
-        return m * -(-8 * self.dim // (3 * m))
+        return m * -(-(8 * self.dim // 3) // m)
 
     @property
     def conditioning_width(self) -> int:
@@ -99,18 +125,42 @@ class TransformerConfig:
         return self.time_conditioning != "none" or self.num_classes is not None
 
     @classmethod
-    def release_text8(cls, **overrides) -> TransformerConfig:
-        """The release's text8 network (method file s.8-9): 12 x 768, 12 heads, 64-d embedding."""
-        base = cls(
-            vocab_size=27,
+    def _release(cls, fields: dict, overrides: dict) -> TransformerConfig:
+        """The release's 12 x 768 text network (configs ``md4/text8.py`` and ``md4/openwebtext.py``):
+        feature_dim 64 (conditioning width and head size), GLU MLP, adaLN-Zero with biases and the MLP's
+        sigmoid, Dropout1d residual dropout, depth-scaled lecun-normal init. One rate drives both dropouts,
+        as in the release, unless ``attn_dropout`` is overridden."""
+        fields = dict(
             dim=768,
             n_layers=12,
             n_heads=12,
-            outside_embed_dim=64,
-            dropout=0.05,
+            mlp_type="glu",
             time_conditioning="adaln_zero",
+            cond_dim=64,
+            time_features=64,
+            time_hidden=256,
+            cond_bias=True,
+            modulation_act="mlp",
+            channel_dropout=True,
+            init="release",
+            **fields,
         )
-        return replace(base, **overrides)
+        fields.update(overrides)
+        fields.setdefault("attn_dropout", fields["dropout"])
+        return cls(**fields)
+
+    @classmethod
+    def release_text8(cls, **overrides) -> TransformerConfig:
+        """The release's text8 network (V = 27, 88,734,272 parameters): a 64-d outside embedding with a biased
+        projection to 768, no embedding dropout, dropout 0.05 (the release's text8 sweep)."""
+        text8 = {"vocab_size": 27, "outside_embed_dim": 64, "embed_bias": True, "embed_dropout": False, "dropout": 0.05}
+        return cls._release(text8, overrides)
+
+    @classmethod
+    def release_openwebtext(cls, **overrides) -> TransformerConfig:
+        """The release's OpenWebText network (GPT-2 tokens, V = 50257, 165,857,344 parameters): a full-width
+        embedding with dropout and untied logits, dropout 0.02 (the release's OpenWebText sweep)."""
+        return cls._release({"vocab_size": 50257, "dropout": 0.02}, overrides)
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,19 +173,22 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the two halves of ``x [..., L, head_dim]`` by the angles of :func:`rope_angles`.
 
-    ``<apply_rope(q)_m, apply_rope(k)_n>`` depends on positions only through ``m - n``.
+    ``<apply_rope(q)_m, apply_rope(k)_n>`` depends on positions only through ``m - n``. The release rotates
+    interleaved channel pairs ``(2i, 2i + 1)`` instead of ``(i, i + head_dim / 2)``: a fixed permutation of
+    the q and k channels, absorbed by the learned projections, so the two define the same function class.
     """
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM) -> torch.Tensor:
-    """Sinusoidal features ``[B, dim]`` of ``1000 * t`` (method file s.8), computed in float32."""
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features ``[B, dim]`` of ``1000 * t`` in float32, as the release computes them:
+    ``sin`` then ``cos`` of ``1000 t * exp(-log(10000) i / (dim / 2 - 1))``, ``i < dim / 2`` (dim even, >= 4)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
     args = 1000.0 * t.to(torch.float32)[:, None] * freqs[None, :]
-    return torch.cat((args.cos(), args.sin()), dim=-1)
+    return torch.cat((args.sin(), args.cos()), dim=-1)
 
 
 class RMSNorm(nn.Module):
@@ -152,16 +205,39 @@ class RMSNorm(nn.Module):
         return normed.to(x.dtype) * self.weight
 
 
+class ChannelDropout(nn.Module):
+    """The release's Dropout1d on ``[B, L, C]``: one Bernoulli keep-mask per (example, channel), shared by
+    every position, scaled by ``1 / (1 - p)``; the identity in eval mode."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty(x.shape[0], 1, x.shape[-1], device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
 
+def _modulation(config: TransformerConfig, n: int) -> nn.Sequential:
+    """adaLN modulation ``act(c) -> n * dim`` (zero-initialised by :meth:`Transformer.reset_parameters`)."""
+    act = nn.SiLU() if config.modulation_act == "silu" else MLP_ACTIVATIONS[config.mlp_type]()
+    return nn.Sequential(act, nn.Linear(config.conditioning_width, n * config.dim, bias=config.cond_bias))
+
+
 class Attention(nn.Module):
-    """Non-causal multi-head self-attention with a fused qkv projection and RoPE."""
+    """Non-causal multi-head self-attention with a fused qkv projection, RoPE and dropout on the
+    attention probabilities in training mode."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
+        self.attn_dropout = config.attn_dropout
         self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
         self.out = nn.Linear(config.dim, config.dim, bias=False)
 
@@ -170,7 +246,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=False)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -179,7 +256,7 @@ class GatedMLP(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.act = MLP_ACTIVATIONS[config.mlp_type]
+        self.act = MLP_ACTIVATIONS[config.mlp_type]()
         self.w1 = nn.Linear(config.dim, config.mlp_hidden, bias=False)
         self.w3 = nn.Linear(config.dim, config.mlp_hidden, bias=False)
         self.w2 = nn.Linear(config.mlp_hidden, config.dim, bias=False)
@@ -191,7 +268,7 @@ class GatedMLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; adaLN-Zero (Peebles & Xie 2023) when conditioned, as in MD4.
 
-    Conditioned: ``x + gate * f(LN(x) * (1 + scale) + shift)`` with affine-free LayerNorm and
+    Conditioned: ``x + gate * drop(f(LN(x) * (1 + scale) + shift))`` with affine-free LayerNorm and
     a zero-initialised modulation, so the block starts as the identity. Otherwise RMSNorm.
     """
 
@@ -199,11 +276,11 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Attention(config)
         self.mlp = GatedMLP(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = ChannelDropout(config.dropout) if config.channel_dropout else nn.Dropout(config.dropout)
         if config.conditioned:
             self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
             self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps, elementwise_affine=False)
-            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.conditioning_width, 6 * config.dim, bias=False))
+            self.modulation = _modulation(config, 6)
         else:
             self.norm1 = RMSNorm(config.dim, config.norm_eps)
             self.norm2 = RMSNorm(config.dim, config.norm_eps)
@@ -216,6 +293,13 @@ class Block(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)
         x = x + gate1 * self.dropout(self.attn(_modulate(self.norm1(x), shift1, scale1), cos, sin))
         return x + gate2 * self.dropout(self.mlp(_modulate(self.norm2(x), shift2, scale2)))
+
+
+def _lecun_normal_(weight: torch.Tensor, scale: float = 1.0) -> None:
+    """JAX's ``variance_scaling(scale, "fan_in", "truncated_normal")``: a normal truncated at two of its
+    standard deviations, widened so that the result has variance ``scale / fan_in``."""
+    std = math.sqrt(scale / weight.shape[1]) / TRUNCATED_NORMAL_STD
+    nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std)
 
 
 class Transformer(nn.Module):
@@ -238,20 +322,24 @@ class Transformer(nn.Module):
         else:
             self.embed = nn.Sequential(
                 nn.Embedding(config.vocab_size + 1, config.outside_embed_dim),
-                nn.Linear(config.outside_embed_dim, d, bias=False),
+                nn.Linear(config.outside_embed_dim, d, bias=config.embed_bias),
             )
-        self.embed_dropout = nn.Dropout(config.dropout)
+        self.embed_dropout = nn.Dropout(config.dropout if config.embed_dropout else 0.0)
         self.position_embed = None if config.max_positions is None else nn.Embedding(config.max_positions, d)
-        self.time_mlp = (
-            None
-            if self.time_independent
-            else nn.Sequential(nn.Linear(TIME_FREQ_DIM, c, bias=False), nn.SiLU(), nn.Linear(c, c, bias=False))
-        )
+        if self.time_independent:
+            self.time_mlp = None
+        else:
+            hidden = c if config.time_hidden is None else config.time_hidden
+            self.time_mlp = nn.Sequential(
+                nn.Linear(config.time_features, hidden, bias=config.cond_bias),
+                nn.SiLU(),
+                nn.Linear(hidden, c, bias=config.cond_bias),
+            )
         self.class_embed = None if config.num_classes is None else nn.Embedding(config.num_classes, c)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         if config.conditioned:
             self.final_norm = nn.LayerNorm(d, eps=config.norm_eps, elementwise_affine=False)
-            self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 2 * d, bias=False))
+            self.final_modulation = _modulation(config, 2)
         else:
             self.final_norm = RMSNorm(d, config.norm_eps)
             self.final_modulation = None
@@ -259,21 +347,38 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """N(0, 0.02) weights; residual-writing projections scaled by 1/sqrt(2 * n_layers)
-        (depth-scaled init); adaLN modulations and the logits layer zero (adaLN-Zero)."""
+        """Initialise every weight; biases zero, adaLN modulations and the logits layer zero (adaLN-Zero).
+
+        ``init="gpt2"``: N(0, 0.02) weights, residual-writing projections (attention out, MLP w2) scaled by
+        ``1 / sqrt(2 n_layers)``. ``init="release"``: the release's Flax defaults, lecun-normal linear
+        weights (variance ``1 / fan_in``, truncated) and normal embeddings of variance ``1 / features``,
+        with depth-scaled MLP weights w1, w2, w3 of variance ``(2 / n_layers) / fan_in``.
+        """
+        release = self.config.init == "release"
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=INIT_STD)
+            if isinstance(module, nn.Linear):
+                if release:
+                    _lecun_normal_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, std=INIT_STD)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=module.embedding_dim**-0.5 if release else INIT_STD)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
         depth_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
         for block in self.blocks:
-            nn.init.normal_(block.attn.out.weight, std=depth_std)
-            nn.init.normal_(block.mlp.w2.weight, std=depth_std)
-            if block.modulation is not None:
-                nn.init.zeros_(block.modulation[-1].weight)
-        if self.final_modulation is not None:
-            nn.init.zeros_(self.final_modulation[-1].weight)
+            if release:
+                for linear in (block.mlp.w1, block.mlp.w3, block.mlp.w2):
+                    _lecun_normal_(linear.weight, 2.0 / self.config.n_layers)
+            else:
+                nn.init.normal_(block.attn.out.weight, std=depth_std)
+                nn.init.normal_(block.mlp.w2.weight, std=depth_std)
+        for modulation in [block.modulation for block in self.blocks] + [self.final_modulation]:
+            if modulation is not None:
+                for p in modulation.parameters():
+                    nn.init.zeros_(p)
         nn.init.zeros_(self.logits.weight)
 
     def num_parameters(self) -> int:
@@ -281,8 +386,10 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _condition(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """Conditioning ``[B, dim]``: time MLP of sinusoidal(1000 t), plus class embedding."""
-        c = None if self.time_mlp is None else self.time_mlp(timestep_embedding(t))
+        """Conditioning ``[B, conditioning_width]``: time MLP of sinusoidal(1000 t), plus class embedding."""
+        c = None
+        if self.time_mlp is not None:
+            c = self.time_mlp(timestep_embedding(t, self.config.time_features))
         if self.class_embed is not None:
             e = self.class_embed(labels)
             c = e if c is None else c + e

@@ -1,0 +1,22 @@
+"""Token tensors: ids 0..V-1 are real tokens and V is the mask id (paper Sec. 2); checked at the library's edges."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_tokens(x: torch.Tensor, vocab_size: int, allow_mask: bool = False, name: str = "x") -> None:
+    """Raise ValueError unless x is an integer tensor [B, *shape] of ids in range (the mask id V if allowed)."""
+    if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be an integer tensor of token ids, got {kind}; convert it with .long().")
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name} must have shape [batch, *data_shape], got shape {tuple(x.shape)}; add a batch dimension."
+        )
+    top = vocab_size if allow_mask else vocab_size - 1
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
+        raise ValueError(
+            f"{name} holds ids in [{int(x.min())}, {int(x.max())}] but they must lie in [0, {top}] "
+            f"for vocab_size={vocab_size}{' (mask id included)' if allow_mask else ''}; check the tokenizer."
+        )
