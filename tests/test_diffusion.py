@@ -15,7 +15,7 @@ def _repeat(x, n):
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_continuous_nelbo_is_exact_for_the_true_conditionals(oracle, schedule):
-    """With mu = p(x_n | unmasked), E[L_inf] = -log p(x) for every schedule (method Sec. 3)."""
+    """With mu = p(x_n | unmasked), E[L_inf] = -log p(x) for every schedule (paper Sec. 3)."""
     model = MD4(oracle, vocab_size=3, schedule=schedule)
     g = torch.Generator().manual_seed(1)
     for x in (torch.tensor([0, 1, 2, 1]), torch.tensor([2, 2, 0, 0])):

@@ -11,10 +11,12 @@ import torch
 from md4.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from md4.config import ConfigError, build_config, resume_config
 from md4.data import ArrayDataset, RawCodec, TokenStream, prepare
+from md4.diffusion import MD4
 from md4.evaluate import estimate_nelbo
 from md4.models import DataSpec, build_model
 from md4.run import load_run
 from md4.sampling import sample
+from md4.schedules import PolynomialSchedule
 from md4.train import EMA, Trainer, learning_rate, parameter_groups, train
 
 TINY = [
@@ -264,3 +266,33 @@ def test_a_run_directory_of_md4_0_1_is_refused_clearly(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"type": "text8"}')
     with pytest.raises(CheckpointError, match="written by md4 0.1"):
         load_run(tmp_path)
+
+
+class LearnablePoly(PolynomialSchedule):
+    """alpha~(t) = 1 - t^k with a learnable k = softplus(theta): a schedule with parameters, as GenMD4 will have."""
+
+    def __init__(self):
+        super().__init__(1.0)
+        self.theta = torch.nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1
+
+    def raw_alpha(self, t):
+        return 1.0 - t ** torch.nn.functional.softplus(self.theta).to(t.dtype)
+
+    def raw_dalpha(self, t):
+        k = torch.nn.functional.softplus(self.theta).to(t.dtype)
+        return -k * t.clamp_min(1e-12) ** (k - 1.0)
+
+
+def test_a_learnable_schedule_is_trained_averaged_and_saved(corpus, tmp_path):
+    config = tiny_config(corpus, "train.steps=3", "train.lr=0.05", "train.ema_decay=0.5")
+    data = TokenStream(prepare(str(corpus)), 32)
+    net = build_model(config, DataSpec.of(data)).denoiser
+    model = MD4(net, data.vocab_size, schedule=LearnablePoly(), data_shape=(32,))
+    trainer = Trainer(config, model, data, tmp_path / "run", progress=False)
+    assert any(p is model.schedule.theta for group in trainer.optimizer.param_groups for p in group["params"])
+    trainer.fit()
+    theta, ema_theta = model.schedule.theta.item(), trainer.ema.module.schedule.theta.item()
+    assert theta != pytest.approx(0.5413) and ema_theta != pytest.approx(0.5413) and ema_theta != pytest.approx(theta)
+    saved = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
+    assert float(saved.model["schedule.theta"]) == pytest.approx(theta)
+    assert float(saved.ema["schedule.theta"]) == pytest.approx(ema_theta)

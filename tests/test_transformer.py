@@ -489,3 +489,14 @@ def test_release_timestep_embedding_frequencies():
     torch.testing.assert_close(emb, torch.cat((args.sin(), args.cos()), dim=-1))
     torch.testing.assert_close(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
     assert emb.dtype == torch.float32 and timestep_embedding(t.double(), 64).shape == (3, 64)
+
+
+def test_md4_timestep_embedding_layout():
+    """md4's own layout: cos then sin of 1000 t * 10000^(-i / half); the release presets use the release's."""
+    t = torch.tensor([0.25, 0.75])
+    args = 1000 * t[:, None] * torch.tensor([1.0, 1e-1, 1e-2, 1e-3])
+    torch.testing.assert_close(timestep_embedding(t, 8, "md4"), torch.cat((args.cos(), args.sin()), dim=-1))
+    assert TransformerConfig(vocab_size=V).time_embedding == "md4"
+    assert TransformerConfig.release_text8().time_embedding == "release"
+    with pytest.raises(ValueError, match="time_embedding"):
+        TransformerConfig(vocab_size=V, time_embedding="learned")

@@ -191,11 +191,13 @@ class MD4(nn.Module):
         return -num_steps * weight.float() * self._masked_log_likelihood(x, z, t.float(), labels)
 
     def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """-E log p(x | z_0): a token masked at t = 0 (probability 1 - alpha(0)) costs log V; [B]."""
-        num_tokens = x[0].numel()
-        alpha0 = float(self.schedule.alpha(torch.tensor(0.0, dtype=torch.float64)))
-        value = num_tokens * (1.0 - alpha0) * math.log(self.vocab_size)
-        return torch.full((x.shape[0],), value, device=x.device)
+        """-E log p(x | z_0): a token masked at t = 0 (probability 1 - alpha(0)) costs log V; [B].
+
+        Differentiable in the schedule's parameters, if it has any.
+        """
+        alpha0 = self.schedule.alpha(torch.zeros((), dtype=torch.float64, device=x.device))
+        value = x[0].numel() * (1.0 - alpha0) * math.log(self.vocab_size)
+        return value.float().expand(x.shape[0])
 
     def nelbo(
         self,

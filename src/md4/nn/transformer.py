@@ -26,6 +26,7 @@ MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {"glu": nn.Sigmoid, "swiglu": nn.S
 TIME_CONDITIONINGS = ("adaln_zero", "none")
 MODULATION_ACTS = ("silu", "mlp")
 INITS = ("gpt2", "release")
+TIME_EMBEDDINGS = ("md4", "release")
 INIT_STD = 0.02
 # Standard deviation of N(0, 1) truncated to [-2, 2]; JAX's truncated_normal variance scaling divides by it.
 TRUNCATED_NORMAL_STD = 0.87962566103423978
@@ -56,6 +57,8 @@ class TransformerConfig:
     cond_dim: int | None = None
     # Width of the sinusoidal time features (release: 64).
     time_features: int = 256
+    # Layout of those features (see timestep_embedding): "md4" or "release".
+    time_embedding: str = "md4"
     # Hidden width of the time MLP (None: the conditioning width; release: 256 = 4 * 64).
     time_hidden: int | None = None
     # Biases in the time MLP and in every adaLN modulation (release: True).
@@ -91,6 +94,8 @@ class TransformerConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or a positive integer, got {value}.")
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"Unknown time_embedding {self.time_embedding!r}; use one of {list(TIME_EMBEDDINGS)}.")
         if self.time_features < 4 or self.time_features % 2:
             raise ValueError(f"time_features must be an even integer of at least 4, got {self.time_features}.")
         if self.dim % self.n_heads:
@@ -138,6 +143,7 @@ class TransformerConfig:
             time_conditioning="adaln_zero",
             cond_dim=64,
             time_features=64,
+            time_embedding="release",
             time_hidden=256,
             cond_bias=True,
             modulation_act="mlp",
@@ -182,13 +188,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features ``[B, dim]`` of ``1000 * t`` in float32, as the release computes them:
-    ``sin`` then ``cos`` of ``1000 t * exp(-log(10000) i / (dim / 2 - 1))``, ``i < dim / 2`` (dim even, >= 4)."""
+def timestep_embedding(t: torch.Tensor, dim: int, layout: str = "release") -> torch.Tensor:
+    """Sinusoidal features ``[B, dim]`` of ``1000 * t`` in float32 (dim even, >= 4), ``i < dim / 2``:
+
+    ``"release"``: ``sin`` then ``cos`` of ``1000 t * exp(-log(10000) i / (dim / 2 - 1))``, as the release;
+    ``"md4"``: ``cos`` then ``sin`` of ``1000 t * exp(-log(10000) i / (dim / 2))``.
+    The two differ only by a permutation and a slight stretch of the frequencies fed to a learned layer.
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
+    scale = half - 1 if layout == "release" else half
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / scale)
     args = 1000.0 * t.to(torch.float32)[:, None] * freqs[None, :]
-    return torch.cat((args.sin(), args.cos()), dim=-1)
+    first, second = (args.sin(), args.cos()) if layout == "release" else (args.cos(), args.sin())
+    return torch.cat((first, second), dim=-1)
 
 
 class RMSNorm(nn.Module):
@@ -389,7 +401,7 @@ class Transformer(nn.Module):
         """Conditioning ``[B, conditioning_width]``: time MLP of sinusoidal(1000 t), plus class embedding."""
         c = None
         if self.time_mlp is not None:
-            c = self.time_mlp(timestep_embedding(t, self.config.time_features))
+            c = self.time_mlp(timestep_embedding(t, self.config.time_features, self.config.time_embedding))
         if self.class_embed is not None:
             e = self.class_embed(labels)
             c = e if c is None else c + e
