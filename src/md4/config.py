@@ -102,13 +102,14 @@ class Config:
         unknown = set(d) - set(SECTIONS)
         if unknown:
             raise ConfigError(f"Unknown config section {min(unknown)!r}; sections are {', '.join(SECTIONS)}.")
+        for section, values in d.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section}] must be a table of key = value settings, got {values!r}.")
         model = d.get("model", {})
         for key in models.SELECTORS:  # the kind and the network decide which other keys exist
             if key in model:
                 _set(config, "model", key, model[key])
         for section, values in d.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"[{section}] must be a table of key = value settings, got {values!r}.")
             for key, value in values.items():
                 if not (section == "model" and key in models.SELECTORS):
                     _set(config, section, key, value)
