@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
 import types
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -29,9 +32,11 @@ from md4.data import (
     available_recipes,
     bpe,
     cache_dir,
+    canonical_name,
     codec_from_dict,
     eval_chunks,
     hub,
+    load_cached,
     prepare,
     random_windows,
     recipe_descriptions,
@@ -84,6 +89,24 @@ def joined(data) -> np.ndarray:
     return np.concatenate([data.splits[s] for s in ("train", "valid", "test")])
 
 
+def recomputed_fingerprint(root: Path) -> str:
+    """The content fingerprint of the prepared data in ``root``, computed afresh from its files."""
+    info = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+    digest = hashlib.sha256(json.dumps(info["tokenizer"], sort_keys=True).encode())
+    for split, count in info["meta"]["tokens"].items():
+        digest.update(split.encode() + b"\0" + (root / f"{split}.bin").read_bytes() + count.to_bytes(8, "little"))
+    return digest.hexdigest()
+
+
+def refuse_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any read of a local text source fail the test."""
+
+    def refuse(path: Path) -> str:
+        raise AssertionError(f"the source {path} was read again")
+
+    monkeypatch.setattr(textfile, "read_text", refuse)
+
+
 # ----------------------------------------------------------------------------- tokenizers
 
 
@@ -96,6 +119,24 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert cache_dir() == tmp_path / "xdg" / "md4"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir() == Path.home() / ".cache" / "md4"
+
+
+def test_cache_dir_that_is_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    file = write(tmp_path / "file", "not a folder")
+    monkeypatch.setenv("MD4_CACHE_DIR", str(file))
+    with pytest.raises(DataError) as info:
+        prepare(str(write(tmp_path / "book.txt", LOREM)))
+    assert str(info.value) == f"MD4_CACHE_DIR={file} is a file, not a folder; point it at a folder (or unset it)."
+    monkeypatch.setenv("MD4_CACHE_DIR", str(file / "md4"))
+    with pytest.raises(DataError, match=f"MD4_CACHE_DIR={file / 'md4'} is inside {file}, which is a file"):
+        cache_dir()
+    with pytest.raises(DataError, match=f"^the cache folder {file} is a file, not a folder; pass a folder.$"):
+        cache_dir(file)
+    monkeypatch.delenv("MD4_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    write(tmp_path / "md4", "")
+    with pytest.raises(DataError, match=r"\(from XDG_CACHE_HOME\) is a file, not a folder; .* set MD4_CACHE_DIR"):
+        cache_dir()
 
 
 def test_token_dtype() -> None:
@@ -261,12 +302,8 @@ def test_text_file_cache_is_reused_and_edits_reprepare(
 ) -> None:
     path = write(tmp_path / "book.txt", LOREM)
     first = prepare(str(path))
-
-    def refuse(path: Path) -> str:
-        raise AssertionError("the source was read again")
-
     with monkeypatch.context() as m:
-        m.setattr(textfile, "read_text", refuse)
+        refuse_reading(m)
         second = prepare(str(path))
     assert np.array_equal(joined(second), joined(first))
     write(path, LOREM.upper() + "!")
@@ -287,6 +324,115 @@ def test_half_built_cache_is_rebuilt(tmp_path: Path, isolated_cache: Path) -> No
     assert load_prepared(root) is None
     assert len(prepare(str(path)).splits["train"]) == 900
     assert not list(root.glob(".*.tmp"))
+
+
+def test_a_path_names_one_dataset_however_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
+    home = tmp_path / "home"
+    path = write(home / "data" / "book.txt", LOREM).resolve()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home / "data")
+    first = prepare("book.txt")
+    assert first.name == canonical_name("book.txt") == str(path)
+    refuse_reading(monkeypatch)
+    for form in ("book.txt", "./book.txt", str(path), "~/data/book.txt", "~/data/../data/book.txt"):
+        assert canonical_name(form) == str(path)
+        again = prepare(form)
+        assert (again.name, again.key, again.fingerprint) == (first.name, first.key, first.fingerprint)
+    monkeypatch.chdir(tmp_path)  # another working directory
+    elsewhere = prepare("home/data/book.txt")
+    assert (elsewhere.key, elsewhere.fingerprint) == (first.key, first.fingerprint)
+    assert [p.name for p in isolated_cache.iterdir()] == [first.key]
+    assert first.key.startswith("text-book-")
+
+
+def test_canonical_name_keeps_names_that_are_not_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "text8", TEXT8_LIKE)  # a recipe name wins over a file of that name, as in prepare
+    for name in ("text8", "shakespeare", "hf:someone/corpus:small", "missing.txt", "tinyshakespeare"):
+        assert canonical_name(name) == name
+
+
+def test_fingerprint_is_computed_once_and_matches_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
+    data = prepare(str(write(tmp_path / "book.txt", LOREM)))
+    root = isolated_cache / data.key
+    assert data.fingerprint == recomputed_fingerprint(root)
+    assert json.loads((root / "meta.json").read_text(encoding="utf-8"))["fingerprint"] == data.fingerprint
+    refuse_reading(monkeypatch)
+
+    def refuse_hashing(codec: dict) -> None:
+        raise AssertionError("the prepared data was hashed again")
+
+    monkeypatch.setattr(store, "content_digest", refuse_hashing)
+    assert prepare(str(tmp_path / "book.txt")).fingerprint == data.fingerprint
+    assert load_prepared(root).fingerprint == data.fingerprint
+
+
+def test_fingerprint_sees_new_text_with_the_same_characters(tmp_path: Path, isolated_cache: Path) -> None:
+    path = write(tmp_path / "book.txt", LOREM)
+    before = prepare(str(path))
+    write(path, LOREM[::-1])  # the same characters and length, in another order
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # as an edit a second later would leave it
+    after = prepare(str(path))
+    assert after.tokenizer.to_dict() == before.tokenizer.to_dict() and after.meta["tokens"] == before.meta["tokens"]
+    assert after.fingerprint != before.fingerprint
+    assert after.fingerprint == recomputed_fingerprint(isolated_cache / after.key)
+
+
+def test_load_cached_needs_only_the_cache(tmp_path: Path, isolated_cache: Path) -> None:
+    path = write(tmp_path / "book.txt", LOREM)
+    data = prepare(str(path))
+    path.unlink()
+    found = load_cached(data.key, data.fingerprint)
+    assert found is not None and (found.name, found.key, found.fingerprint) == (data.name, data.key, data.fingerprint)
+    assert np.array_equal(joined(found), joined(data))
+    assert load_cached(data.key, data.fingerprint, cache_dir=isolated_cache) is not None
+    assert load_cached(data.key, "0" * 64) is None
+    assert load_cached("text-missing-0123456789abcdef", data.fingerprint) is None
+    assert load_cached(data.key, data.fingerprint, cache_dir=tmp_path / "other") is None
+    assert load_cached(f"../{isolated_cache.name}/{data.key}", data.fingerprint) is None
+    with open(isolated_cache / data.key / "test.bin", "r+b") as f:
+        f.truncate(10)
+    assert load_cached(data.key, data.fingerprint) is None
+
+
+def test_old_format_cache_is_rebuilt_quietly(tmp_path: Path, isolated_cache: Path) -> None:
+    path = write(tmp_path / "book.txt", LOREM)
+    data = prepare(str(path))
+    meta_path = isolated_cache / data.key / "meta.json"
+    info = json.loads(meta_path.read_text(encoding="utf-8"))
+    del info["fingerprint"]
+    meta_path.write_text(json.dumps({**info, "format": 1}), encoding="utf-8")
+    assert load_prepared(meta_path.parent) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = prepare(str(path))
+    assert again.fingerprint == data.fingerprint
+    assert json.loads(meta_path.read_text(encoding="utf-8"))["format"] == store.FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"\xff\xfe", b"[]", json.dumps({"format": store.FORMAT_VERSION, "name": "x"}).encode()],
+    ids=["not-json", "not-utf8", "a-list", "missing-fields"],
+)
+def test_corrupt_meta_json_warns_and_rebuilds(tmp_path: Path, isolated_cache: Path, content: bytes) -> None:
+    path = write(tmp_path / "book.txt", LOREM)
+    data = prepare(str(path))
+    meta_path = write(isolated_cache / data.key / "meta.json", content)
+    with pytest.warns(UserWarning) as record:
+        again = prepare(str(path))
+    assert [str(w.message) for w in record] == [
+        f"the prepared-data cache {meta_path} is unreadable; preparing the data again"
+    ]
+    assert again.fingerprint == data.fingerprint and np.array_equal(joined(again), joined(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert prepare(str(path)).fingerprint == data.fingerprint
 
 
 def test_text_folder_recipe(tmp_path: Path) -> None:
@@ -483,6 +629,8 @@ def test_hub_recipe_with_fake_datasets(gpt2_cache: Path, isolated_cache: Path, m
     assert tok.decode(data.splits["test"]) == "<|endoftext|>".join(docs[-2:]) + "<|endoftext|>"
     assert np.array_equal(data.splits["train"], np.concatenate(list(hub.iter_packed(docs[:396], tok))))
     assert prepare("hf:someone/corpus:small").meta == data.meta and len(calls) == 1
+    assert data.key.startswith("hf-someone_corpus-small-")
+    assert data.fingerprint == recomputed_fingerprint(isolated_cache / data.key)  # streamed in chunks
 
 
 def test_hub_without_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:

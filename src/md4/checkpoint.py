@@ -1,18 +1,21 @@
-"""Checkpoints: atomic writes, the last N kept, checksums verified on load.
+"""Checkpoints: atomic writes, the last N kept, checksums verified on load, safe against rotation.
 
 A checkpoint is a directory ``RUN/checkpoints/step_XXXXXXXX/`` holding the weights and
 their EMA in safetensors, the optimizer and RNG states, a ``state.json`` (step, data
 position, ...) and a ``manifest.json`` of SHA-256 checksums. It is built in a temporary
 directory and renamed into place, so a crash or a failed write never leaves a partial
-checkpoint and never touches the previous ones.
+checkpoint and never touches the previous ones. A reader whose checkpoint is rotated away
+by a training run while it reads moves on to the newest one instead of calling it corrupt.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,14 @@ _PREFIX = "step_"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated or corrupt."""
+    """A checkpoint that is missing, truncated or corrupt, or one that cannot be written."""
+
+
+class CheckpointVanished(CheckpointError):
+    """The checkpoint was deleted while being read (a training run rotated it)."""
+
+
+READ_ATTEMPTS = 5  # how many times a reader moves on to the newest checkpoint after one vanished
 
 
 @dataclass
@@ -65,6 +75,26 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
 
 
+def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders of saves that never finished (a process killed mid-save); return them."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    left = sorted(root.glob(".tmp-*")) if root.is_dir() else []
+    for tmp in left:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return left
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -75,13 +105,20 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write a checkpoint atomically and delete all but the newest ``keep``. Returns its path."""
+    """Write a checkpoint atomically and delete all but the newest ``keep``. Returns its path.
+
+    A full disk or an unwritable folder is a CheckpointError that says what to do; the previous
+    checkpoints are untouched and no temporary folder is left.
+    """
     root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise _write_error(err, root, step, model, ema, optimizer) from None
     try:
         save_file(_clean_state(model), tmp / "model.safetensors")
         save_file(_clean_state(ema), tmp / "ema.safetensors")
@@ -96,12 +133,28 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(err, root, step, model, ema, optimizer) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_error(err: OSError, root: Path, step: int, *states: Any) -> CheckpointError:
+    """One sentence for a failed save: how much space it needs, or that the folder is not writable."""
+    if err.errno == errno.ENOSPC:
+        need = sum(_nbytes(state) for state in states) / 2**20
+        return CheckpointError(
+            f"No space left on the device while saving checkpoint step {step} in {root}: it needs about "
+            f"{need:,.0f} MB; free some space and resume (the previous checkpoints are intact)."
+        )
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CheckpointError(f"Cannot write checkpoint step {step} in {root} ({err.strerror}); use a writable --out.")
+    return CheckpointError(f"Saving checkpoint step {step} in {root} failed ({err}); the previous ones are intact.")
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -113,10 +166,17 @@ def verify_checkpoint(path: Path) -> None:
         )
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    well_formed = isinstance(manifest, dict) and all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
+        for e in manifest.values()
+    )
+    if not well_formed or not {"model.safetensors", "ema.safetensors", "state.json"} <= set(manifest):
         raise CheckpointError(
-            f"Checkpoint {path} has a corrupt manifest.json; delete it or use an older one."
-        ) from None
+            f"Checkpoint {path} has a corrupt manifest.json; delete that checkpoint directory or use an older one "
+            "(--checkpoint STEP)."
+        )
     for name, entry in manifest.items():
         f = path / name
         if not f.is_file():
@@ -131,10 +191,24 @@ def verify_checkpoint(path: Path) -> None:
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", weights_only: bool = False
 ) -> Checkpoint:
-    """Load and verify a checkpoint directory; ``weights_only`` skips the optimizer and RNG states."""
+    """Load and verify a checkpoint directory; ``weights_only`` skips the optimizer and RNG states.
+
+    Raises CheckpointVanished when the directory disappears while it is read (a rotation).
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"No checkpoint at {path}; train first or pass a run directory that has checkpoints.")
+    try:
+        return _read(path, map_location, weights_only)
+    except (CheckpointError, OSError, SafetensorError, RuntimeError) as err:
+        if not path.exists():
+            raise CheckpointVanished(f"Checkpoint {path} was removed while it was being read.") from None
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"Cannot read {path} ({err}); the checkpoint is corrupt, use an older one.") from None
+
+
+def _read(path: Path, map_location, weights_only: bool) -> Checkpoint:
     verify_checkpoint(path)
     try:
         model = load_file(path / "model.safetensors", device=str(map_location))
@@ -154,3 +228,46 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     if not found:
         raise CheckpointError(f"{run_dir} has no checkpoints; train a model there first (md4 train --out {run_dir}).")
     return found[-1]
+
+
+def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> Path:
+    """The checkpoint of ``step``, or the newest one when ``step`` is None."""
+    if step is None:
+        return latest_checkpoint(run_dir)
+    found = list_checkpoints(run_dir)
+    for path in found:
+        if int(path.name[len(_PREFIX) :]) == step:
+            return path
+    steps = ", ".join(str(int(p.name[len(_PREFIX) :])) for p in found) or "none"
+    raise CheckpointError(f"{run_dir} has no checkpoint of step {step}; its checkpoints are at steps: {steps}.")
+
+
+def read_checkpoint(
+    run_dir: str | os.PathLike, step: int | None = None, map_location="cpu", weights_only: bool = False
+) -> Checkpoint:
+    """Load the checkpoint of ``step`` (default: the newest), moving on to the newest one if a running
+    training rotates it away while it is read."""
+    for _ in range(READ_ATTEMPTS):
+        try:
+            return load_checkpoint(find_checkpoint(run_dir, step), map_location, weights_only)
+        except CheckpointVanished:
+            if step is not None:
+                raise CheckpointError(
+                    f"Checkpoint step {step} of {run_dir} was removed while it was being read (the run rotated "
+                    "it); choose a newer step."
+                ) from None
+            time.sleep(0.05)
+    raise CheckpointError(f"The checkpoints of {run_dir} kept changing while they were read; try again.")
+
+
+def supersede_after(run_dir: str | os.PathLike, step: int) -> Path | None:
+    """Move the checkpoints newer than ``step`` aside (``checkpoints/superseded-TIME/``), so that a resume from
+    an older checkpoint never mixes two trajectories and nothing is deleted; return the folder, if any."""
+    newer = [p for p in list_checkpoints(run_dir) if int(p.name[len(_PREFIX) :]) > step]
+    if not newer:
+        return None
+    aside = Path(run_dir) / CHECKPOINT_DIR / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir()
+    for path in newer:
+        os.rename(path, aside / path.name)
+    return aside

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,27 +18,55 @@ from md4.sampling import CATEGORICAL, DEFAULT_STEPS, GRIDS, SAMPLERS
 
 DEMO_PRESET = "shakespeare-char"
 DEMO_PROMPT = "ROMEO:"
+# Exit codes (README, "Exit codes"): 0 done; 1 an unexpected error; 2 bad input, refused or damaged files;
+# 3 training diverged; 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint.
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def positive(name: str, value: int | None) -> None:
+    """Refuse a count option that is zero or negative (None: not given)."""
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}.")
 
 
 # ------------------------------------------------------------------ train
-def cmd_train(args) -> int:
-    from md4.config import build_config, resume_config
-    from md4.train import train
+def describe(trainer, resume: bool) -> str:
+    """The banner: what is trained on which data, into where."""
+    model = trainer.config.model
+    params = sum(p.numel() for p in trainer.model.parameters())
+    start = f"resuming at step {trainer.step}" if resume else "training"
+    return (
+        f"md4: {start} a {model['kind']} model ({model['net']}, {params:,} parameters) on {trainer.config.data.name} "
+        f"into {trainer.run_dir}"
+    )
 
-    run_dir = Path(args.out or f"runs/{args.preset}")
-    if args.resume:
-        config = resume_config(run_dir, args.overrides, data=args.data)
-    else:
-        config = build_config(args.preset, args.overrides, data=args.data)
-    print(f"md4: training {args.preset} on {config.data.name} into {run_dir}", file=sys.stderr)
-    result = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
-    state = "stopped by Ctrl-C at" if result.interrupted else "finished at"
+
+def report(result, run_dir: Path) -> int:
+    """Print how training ended and return the exit code."""
+    state = f"stopped by {result.stopped_by} at" if result.stopped_by else "finished at"
     valid = "n/a" if result.valid_bits_per_token is None else f"{result.valid_bits_per_token:.4f}"
     print(
         f"md4: {state} step {result.step} in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
         f"valid bits/token {valid}; checkpoint in {run_dir}/checkpoints"
     )
-    return 130 if result.interrupted else 0
+    return EXIT_SIGNAL.get(result.stopped_by, 0)
+
+
+def cmd_train(args) -> int:
+    from md4.config import build_config, resume_config
+    from md4.train import build_trainer
+
+    run_dir = Path(args.out or f"runs/{args.preset}")
+    if args.checkpoint is not None and not args.resume:
+        raise ValueError("--checkpoint picks the checkpoint to resume from; pass it with --resume.")
+    if args.resume:
+        config = resume_config(run_dir, args.overrides, data=args.data)
+    else:
+        config = build_config(args.preset, args.overrides, data=args.data)
+    trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint)
+    print(describe(trainer, args.resume), file=sys.stderr)
+    return report(trainer.fit(), run_dir)
 
 
 # ----------------------------------------------------------------- sample
@@ -54,9 +83,11 @@ def sample_text(run, num: int, seed: int, **options):
 def cmd_sample(args) -> int:
     from md4.run import load_run
 
-    if args.num < 1 or args.steps < 1:
-        raise ValueError(f"--num and --steps must be positive integers, got --num {args.num} and --steps {args.steps}.")
-    run = load_run(args.run, device=args.device, use_ema=not args.no_ema)
+    for name in ("num", "steps", "length"):
+        positive(f"--{name}", getattr(args, name))
+    if args.prompt == "":
+        raise ValueError("--prompt is empty; give the text the samples start with, or leave --prompt out.")
+    run = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     start = time.time()
     out = sample_text(
         run,
@@ -89,7 +120,9 @@ def cmd_eval(args) -> int:
     from md4.evaluate import estimate_nelbo, held_out_batches
     from md4.run import load_run
 
-    run = load_run(args.run, device=args.device, use_ema=not args.no_ema)
+    for name in ("batch_size", "steps", "max_batches", "draws"):
+        positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    run = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     batch_size = args.batch_size or run.config.train.batch_size
     weights = "raw" if args.no_ema else "EMA"
     results = {"run": str(args.run), "step": run.step, "split": args.split, "weights": weights}
@@ -151,20 +184,21 @@ def cmd_demo(args) -> int:
     """Train the Shakespeare preset, sample (unconditional and prompted), and evaluate on the valid and test splits."""
     from md4.config import build_config, resume_config
     from md4.evaluate import estimate_nelbo, held_out_batches
-    from md4.run import load_run
-    from md4.train import train
+    from md4.run import is_run, load_run
+    from md4.train import build_trainer
 
     run_dir = Path(args.out)
     config = build_config(DEMO_PRESET, args.overrides)
     start = time.time()
-    resume = (run_dir / "config.json").exists()
+    resume = is_run(run_dir)
     if resume:
-        print(f"md4 demo: resuming the run in {run_dir}", file=sys.stderr)
         config = resume_config(run_dir, args.overrides)
-    result = train(config, run_dir, resume=resume, progress=not args.no_progress)
+    trainer = build_trainer(config, run_dir, resume, not args.no_progress)
+    print(describe(trainer, resume).replace("md4:", "md4 demo:", 1), file=sys.stderr)
+    result = trainer.fit()
     if result.interrupted:
         print(f"md4 demo: stopped at step {result.step}; run `md4 demo --out {run_dir}` again to continue.")
-        return 130
+        return EXIT_SIGNAL[result.stopped_by]
     run = load_run(run_dir)
     steps = config.train.sample_steps
     (unconditional,) = sample_text(run, 1, seed=0, steps=steps).texts
@@ -205,6 +239,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that load a trained run."""
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--checkpoint", type=int, metavar="STEP", help="the checkpoint of this step (default: the newest)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset: a recipe name (`md4 data list`), hf:NAME, or a text file/folder")
     p.add_argument("--out", help="run directory (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument(
+        "--checkpoint",
+        type=int,
+        metavar="STEP",
+        help="with --resume: continue from this step's checkpoint (newer ones are moved aside, not deleted)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "overrides",
@@ -303,19 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of md4 as one line each: ``md4: warning: ...``."""
+    print(f"md4: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from md4.train import TrainingDiverged
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as err:  # our errors: one sentence saying what is wrong and what to do
-        if os.environ.get("MD4_DEBUG"):
-            raise
-        print(f"md4: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # outside the training loop (which saves and stops by itself)
-        print("md4: interrupted; nothing was written after the last completed step.", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show_warning
+        try:
+            return args.func(args)
+        except ValueError as err:  # our errors: one sentence saying what is wrong and what to do
+            if os.environ.get("MD4_DEBUG"):
+                raise
+            print(f"md4: error: {err}", file=sys.stderr)
+            return EXIT_DIVERGED if isinstance(err, TrainingDiverged) else EXIT_BAD_INPUT
+        except KeyboardInterrupt:  # outside the training loop (which saves and stops by itself)
+            print("md4: interrupted; nothing was written after the last completed step.", file=sys.stderr)
+            return EXIT_SIGNAL["SIGINT"]
 
 
 if __name__ == "__main__":

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from md4 import models
+from md4.data import canonical_name, recipe_vocab_size
 from md4.device import PRECISIONS
 from md4.sampling import DEFAULT_STEPS
 
@@ -121,6 +125,7 @@ class Config:
 
 SECTIONS = ("model", "net", "data", "train")
 WEIGHT_DECAY_SCOPES = ("matrices", "all")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def section_keys(config: Config, section: str) -> dict[str, str]:
@@ -229,16 +234,20 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` overrides (the kind and network first), then validate the whole config."""
     selects = {*models.SELECTORS, *(f"model.{key}" for key in models.SELECTORS)}
     first = [text for text in overrides if text.split("=", 1)[0].strip() in selects]
+    seen: dict[tuple[str, str], str] = {}
     for text in first + [text for text in overrides if text not in first]:
-        _set(config, *parse_override(config, text))
+        section, key, value = parse_override(config, text)
+        if (section, key) in seen and seen[section, key] != value:
+            warnings.warn(f"{section}.{key} is given twice; the last value, {value}, wins.", stacklevel=2)
+        seen[section, key] = value
+        _set(config, section, key, value)
+    config.data.name = canonical_name(config.data.name)  # a file by its resolved path, from any directory
     validate(config)
     return config
 
 
 def data_spec_guess(config: Config) -> models.DataSpec:
     """The data spec as far as the config alone tells it: the recipe's known vocabulary (else 2)."""
-    from md4.data import recipe_vocab_size
-
     vocab = recipe_vocab_size(config.data.name) or 2
     return models.DataSpec(vocab, (config.data.seq_len,))
 
@@ -266,10 +275,20 @@ def validate(config: Config) -> None:
     ):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {getattr(t, key)}.")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
-    if t.grad_clip < 0:
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ConfigError(f"train.lr must be a positive finite number, got {t.lr}.")
+    for key, low, high in (("ema_decay", 0.0, 1.0), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0)):
+        if not low <= getattr(t, key) < high:
+            raise ConfigError(f"train.{key} must be in [{low:g}, {high:g}), got {getattr(t, key)}.")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1] (a fraction of train.lr), got {t.min_lr_ratio}.")
+    for key in ("warmup_steps", "weight_decay"):
+        if not getattr(t, key) >= 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}.")
+    if not t.grad_clip >= 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0 turns clipping off), got {t.grad_clip}.")
+    if not DEVICE_PATTERN.fullmatch(t.device):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}.")
     if config.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be positive, got {config.data.seq_len}.")
     spec = data_spec_guess(config)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from md4.data import Batch, DataError, TokenStream, eval_chunks, prepare
+from md4.data import Batch, DataError, PreparedData, TokenStream, eval_chunks, load_cached, prepare
 from md4.data.textfile import read_corpus, text_files
 from md4.device import autocast
 from md4.diffusion import bits_per_token, perplexity
@@ -82,6 +82,11 @@ def estimate_nelbo(
     if tokens is None:
         raise ValueError("No evaluation data: the split is empty or shorter than one sequence.")
     values = torch.cat(per_sequence)
+    if not bool(values.isfinite().all()):
+        raise ValueError(
+            "The bound is not finite for some sequences: the model's weights or the data are broken; "
+            "evaluate an earlier checkpoint (--checkpoint STEP)."
+        )
     stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return BoundEstimate(float(values.mean()), stderr, len(values), tokens, draws, num_steps)
 
@@ -102,7 +107,7 @@ def held_out_batches(
         tokens = np.asarray(run.codec.encode(read_corpus(text_files(Path(data)), Path(data))))
         batches = ((x, None) for x in eval_chunks(tokens, seq_len, batch_size, max_chunks))
         return batches, f"{data} (all {len(tokens)} tokens)"
-    prepared = prepare(data or run.config.data.name, seq_len=seq_len)
+    prepared = run_data(run) if data is None else prepare(data, seq_len=seq_len)
     if prepared.tokenizer.to_dict() != run.codec.to_dict():
         raise DataError(
             f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
@@ -110,3 +115,26 @@ def held_out_batches(
         )
     batches = TokenStream(prepared, seq_len).eval_batches(split, batch_size, max_batches)
     return batches, f"{prepared.name} [{split} split]"
+
+
+def run_data(run) -> PreparedData:
+    """The prepared data a run was trained on: found in the cache by its content fingerprint (from any working
+    directory, even after its source file moved), else prepared again from the source and checked against it."""
+    source = run.source
+    if source is None:
+        raise DataError("This run was trained on in-memory data, so evaluate it with --data or the library.")
+    cached = load_cached(source["key"], source["fingerprint"])
+    if cached is not None:
+        return cached
+    name = source["name"]
+    if Path(name).is_absolute() and not Path(name).exists():
+        raise DataError(
+            f"The run's data is no longer in the cache nor at {name}; put the file back there, or evaluate with --data."
+        )
+    prepared = prepare(name, seq_len=run.config.data.seq_len)
+    if prepared.fingerprint != source["fingerprint"]:
+        raise DataError(
+            f"The data at {name} has changed since the run was trained (its content fingerprint differs); "
+            "put the original back, or evaluate on the new text with --data."
+        )
+    return prepared

@@ -7,6 +7,7 @@ tokens fixed in z_1), and the decoded samples.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,17 @@ def infill_template(text: str, hole: str, tokenizer, mask_id: int) -> list[int]:
     return ids
 
 
+def warn_if_longer(model, length: int, what: str) -> None:
+    """Warn when samples would be longer than the sequences the model was trained on."""
+    trained = model.data_shape[0] if model.data_shape and len(model.data_shape) == 1 else None
+    if trained is not None and length > trained:
+        warnings.warn(
+            f"{what} is {length} tokens long but the model was trained on sequences of {trained}; "
+            "beyond that its samples may be poor.",
+            stacklevel=3,
+        )
+
+
 def conditioning(
     model, codec, num: int, length: int | None, prompt: str | None, infill: str | None, hole: str
 ) -> torch.Tensor | None:
@@ -56,9 +68,12 @@ def conditioning(
         raise ValueError(f"This model's data has no text form ({type(codec).__name__}), so it cannot take text.")
     device = next(model.parameters()).device
     if prompt is not None:
+        if not prompt:
+            raise ValueError("The prompt is empty; give the text the samples start with, or no prompt.")
         ids = torch.as_tensor(codec.encode(prompt).astype("int64"), device=device)
         return prefix_init(ids, (num, length or model.data_shape[0]), model.mask_id)
     ids = infill_template(infill, hole, codec, model.mask_id)
+    warn_if_longer(model, len(ids), "The infill text")
     init = torch.full((num, max(len(ids), length or 0)), model.mask_id, dtype=torch.long, device=device)
     init[:, : len(ids)] = torch.tensor(ids, device=device)
     return init
@@ -91,6 +106,10 @@ def generate(
     """
     if int(num) != num or num < 1:
         raise ValueError(f"num must be a positive integer, got {num}.")
+    if length is not None:
+        if length < 1:
+            raise ValueError(f"length must be a positive number of tokens, got {length}.")
+        warn_if_longer(model, length, "The requested length")
     init = conditioning(model, codec, num, length, prompt, infill, hole)
     shape = None if length is None else (length,)
     device = next(model.parameters()).device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,25 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of ``metrics.jsonl``; unreadable lines (a torn last line after a power loss) are dropped with a
+    warning."""
+    records, bad = [], 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            else:
+                bad += 1
+    if bad:
+        warnings.warn(f"Dropped {bad} unreadable line(s) of {path}, left by an interrupted write.", stacklevel=2)
+    return records
 
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> None:

@@ -2,7 +2,14 @@
 
 from md4.data.batches import ArrayDataset, Batch, Dataset, TokenStream, eval_chunks, random_windows
 from md4.data.codec import Codec, RawCodec, codec_from_dict
-from md4.data.recipes import available_recipes, prepare, recipe_descriptions, recipe_vocab_size
+from md4.data.recipes import (
+    available_recipes,
+    canonical_name,
+    load_cached,
+    prepare,
+    recipe_descriptions,
+    recipe_vocab_size,
+)
 from md4.data.store import DataError, PreparedData, cache_dir, token_dtype
 from md4.data.tokenizers import CharTokenizer, GPT2Tokenizer, Text8Tokenizer, Tokenizer
 from md4.data.wikifil import wikifil
@@ -22,8 +29,10 @@ __all__ = [
     "Tokenizer",
     "available_recipes",
     "cache_dir",
+    "canonical_name",
     "codec_from_dict",
     "eval_chunks",
+    "load_cached",
     "prepare",
     "random_windows",
     "recipe_descriptions",

@@ -8,6 +8,7 @@ so a stream without them reads train | valid | test in document order.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Iterator
@@ -33,8 +34,10 @@ def parse_hub_name(spec: str) -> tuple[str, str | None]:
 
 
 def hub_key(name: str, config: str | None) -> str:
-    """The cache folder name of a hub dataset."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"hf-{name}" + (f"-{config}" if config else ""))
+    """The cache folder name of a hub dataset: readable, and unique through a hash of the exact name and config."""
+    spec = f"{name}:{config}" if config else name
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"hf-{name}" + (f"-{config}" if config else ""))
+    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 def iter_packed(docs: Iterable[str], tokenizer: Tokenizer, *, batch_docs: int = 1024) -> Iterator[np.ndarray]:

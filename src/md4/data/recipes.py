@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from md4.data import hub, shakespeare, text8, textfile, wikisample
-from md4.data.store import Built, DataError, PreparedData, fingerprint, load_prepared, save_prepared
+from md4.data.store import Built, DataError, PreparedData, load_prepared, save_prepared, source_stamp
 from md4.data.store import cache_dir as default_cache_dir
 from md4.data.tokenizers import GPT2Tokenizer
 
@@ -66,24 +66,37 @@ def _named_recipe(name: str, cache: Path) -> Recipe:
 
 def _path_recipe(path: Path) -> Recipe:
     if text8.is_text8_path(path):
-        return Recipe(str(path), f"text8-{fingerprint([path])}", lambda: text8.build_text8(path))
+        return Recipe(str(path), f"text8-{source_stamp([path])}", lambda: text8.build_text8(path))
     if shakespeare.is_local_copy(path):
-        key = f"shakespeare-{fingerprint(shakespeare.local_files(path))}"
+        key = f"shakespeare-{source_stamp(shakespeare.local_files(path))}"
         return Recipe(str(path), key, lambda: shakespeare.build_shakespeare(path))
     files = textfile.text_files(path)
-    return Recipe(str(path), f"text-{path.stem}-{fingerprint(files)}", lambda: textfile.build_text(path, files))
+    return Recipe(str(path), f"text-{path.stem}-{source_stamp(files)}", lambda: textfile.build_text(path, files))
+
+
+def canonical_name(name_or_path: str) -> str:
+    """The name of a dataset that means the same from any working directory.
+
+    An existing local path becomes its resolved absolute path (``~`` expanded); recipe names, ``hf:`` names
+    and anything else are returned as given.
+    """
+    if name_or_path in _DESCRIPTIONS or name_or_path.startswith(hub.PREFIX):
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
 
 
 def resolve(name_or_path: str, cache: Path) -> Recipe:
     """The recipe for a dataset name, ``hf:NAME[:CONFIG]`` or a local path."""
-    if name_or_path in _DESCRIPTIONS:
-        return _named_recipe(name_or_path, cache)
-    if name_or_path.startswith(hub.PREFIX):
-        name, config = hub.parse_hub_name(name_or_path)
-        return Recipe(name_or_path, hub.hub_key(name, config), lambda: hub.build_hub(name, config, cache))
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return _path_recipe(path.resolve())
+    name = canonical_name(name_or_path)
+    if name in _DESCRIPTIONS:
+        return _named_recipe(name, cache)
+    if name.startswith(hub.PREFIX):
+        hub_name, config = hub.parse_hub_name(name)
+        return Recipe(name, hub.hub_key(hub_name, config), lambda: hub.build_hub(hub_name, config, cache))
+    path = Path(name).expanduser()
+    if path.is_absolute() and path.exists():
+        return _path_recipe(path)
     if os.sep in name_or_path or "/" in name_or_path or path.suffix:
         raise DataError(f"no file or folder at {path}; check the path.")
     raise DataError(
@@ -108,14 +121,26 @@ def prepare(
 ) -> PreparedData:
     """Tokenise and split a dataset once, then memory-map the cached arrays on every later call.
 
+    A local path may be relative, absolute or start with ``~``: all give the same cache entry.
     ``seq_len``, when given, checks that every split holds at least one window of that length.
     """
     cache = default_cache_dir(cache_dir)
     recipe = resolve(name_or_path, cache)
     root = cache / recipe.key
-    data = load_prepared(root)
+    data = load_prepared(root, warn=True)
     if data is None:
         data = save_prepared(root, recipe.name, recipe.build())
     if seq_len is not None:
         _check_seq_len(data, seq_len)
     return data
+
+
+def load_cached(key: str, fingerprint: str, cache_dir: str | os.PathLike[str] | None = None) -> PreparedData | None:
+    """The prepared data cached under ``key`` if it is there, complete, and has exactly ``fingerprint``; else None.
+
+    Needs no source file, so a run can evaluate its own splits after the file moved, as long as the cache exists.
+    """
+    if key in {"", ".", ".."} or Path(key).name != key:
+        return None
+    data = load_prepared(default_cache_dir(cache_dir) / key)
+    return data if data is not None and data.fingerprint == fingerprint else None

@@ -1,5 +1,9 @@
-"""Where prepared data lives: the cache folder, source fingerprints, registry downloads, 90/5/5 splits,
-and the on-disk format ``<root>/{train,valid,test}.bin`` plus ``meta.json`` (written last)."""
+"""Where prepared data lives: the cache folder, source stamps (cache keys), registry downloads, 90/5/5 splits,
+and the on-disk format ``<root>/{train,valid,test}.bin`` plus ``meta.json`` (written last).
+
+``meta.json`` also holds the content fingerprint of the prepared data (see ``content_digest``),
+computed while the split files are written, so a run can tell later whether it still has the same data.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +23,11 @@ import numpy as np
 from md4.files import atomic_output, write_atomic
 
 if TYPE_CHECKING:
+    from hashlib import _Hash
+
     from md4.data.tokenizers import Tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json holds the content fingerprint
 SplitSource = np.ndarray | Iterable[np.ndarray]
 
 
@@ -28,21 +35,35 @@ class DataError(ValueError):
     """Bad data input; the message says in one sentence what is wrong and how to fix it."""
 
 
+def _usable_folder(path: Path, what: str, fix: str) -> Path:
+    """``path``, unless it or the nearest existing folder above it is a file."""
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = what if blocker == path else f"{what} is inside {blocker}, which"
+        raise DataError(f"{where} is a file, not a folder; {fix}.")
+    return path
+
+
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """Return the md4 cache directory (not created).
+    """Return the md4 cache directory (not created); an error if it is a file.
 
     Order: ``override``, env ``MD4_CACHE_DIR``, ``$XDG_CACHE_HOME/md4``, ``~/.cache/md4``.
     """
     if override is not None:
-        return Path(override).expanduser()
+        path = Path(override).expanduser()
+        return _usable_folder(path, f"the cache folder {path}", "pass a folder")
     if os.environ.get("MD4_CACHE_DIR"):
-        return Path(os.environ["MD4_CACHE_DIR"]).expanduser()
+        path = Path(os.environ["MD4_CACHE_DIR"]).expanduser()
+        return _usable_folder(path, f"MD4_CACHE_DIR={path}", "point it at a folder (or unset it)")
+    fix = "move it away or set MD4_CACHE_DIR to a folder"
     if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "md4"
-    return Path.home() / ".cache" / "md4"
+        path = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "md4"
+        return _usable_folder(path, f"the md4 cache folder {path} (from XDG_CACHE_HOME)", fix)
+    path = Path.home() / ".cache" / "md4"
+    return _usable_folder(path, f"the md4 cache folder {path}", fix)
 
 
-def fingerprint(files: Sequence[Path]) -> str:
+def source_stamp(files: Sequence[Path]) -> str:
     """A short hex digest of each file's path, size and modification time: a cache key for local sources."""
     digest = hashlib.sha256()
     for file in files:
@@ -96,14 +117,27 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 - 1 else np.uint32)
 
 
+def content_digest(codec: Mapping[str, Any]) -> _Hash:
+    """A SHA-256 hash started with a codec's dict; the caller then feeds it each split in order.
+
+    A split adds its name, a NUL byte, its token bytes as stored, and its token count as 8 little-endian bytes.
+    """
+    return hashlib.sha256(json.dumps(dict(codec), sort_keys=True).encode())
+
+
 @dataclass
 class PreparedData:
-    """A tokenised corpus: memory-mapped 1-D token arrays per split and the tokenizer that made them."""
+    """A tokenised corpus: memory-mapped 1-D token arrays per split and the tokenizer that made them.
+
+    ``key`` names its cache folder; ``fingerprint`` is the SHA-256 hex digest of its content (``content_digest``).
+    """
 
     name: str
     tokenizer: Tokenizer
     splits: dict[str, np.ndarray]
     meta: dict[str, Any]
+    key: str
+    fingerprint: str
 
 
 class Built(NamedTuple):
@@ -114,8 +148,11 @@ class Built(NamedTuple):
     meta: dict[str, Any]
 
 
-def load_prepared(root: Path) -> PreparedData | None:
-    """Memory-map the prepared data in ``root``, or return None when it is absent or incomplete."""
+def load_prepared(root: Path, *, warn: bool = False) -> PreparedData | None:
+    """Memory-map the prepared data in ``root``, or return None when it is absent, incomplete or unreadable.
+
+    With ``warn``, an unreadable ``meta.json`` (not JSON, or missing fields) is reported by a warning.
+    """
     # Imported here because the codec modules import DataError from this one.
     from md4.data.codec import codec_from_dict
     from md4.data.tokenizers import Tokenizer
@@ -123,30 +160,42 @@ def load_prepared(root: Path) -> PreparedData | None:
     meta_path = root / "meta.json"
     if not meta_path.is_file():
         return None
-    info = json.loads(meta_path.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT_VERSION:
+    try:
+        info = json.loads(meta_path.read_text(encoding="utf-8"))
+        if info.get("format") != FORMAT_VERSION:
+            return None  # an older cache: prepared again without comment
+        tokenizer = codec_from_dict(info["tokenizer"])
+        dtype = np.dtype(info["dtype"])
+        lengths = {str(split): int(length) for split, length in info["meta"]["tokens"].items()}
+        name, fingerprint = str(info["name"]), str(info["fingerprint"])
+    except (ValueError, KeyError, TypeError, AttributeError):  # JSON and codec errors are ValueErrors
+        if warn:
+            message = f"the prepared-data cache {meta_path} is unreadable; preparing the data again"
+            warnings.warn(message, UserWarning, stacklevel=2)
         return None
-    tokenizer = codec_from_dict(info["tokenizer"])
     if not isinstance(tokenizer, Tokenizer):
         return None
-    dtype = np.dtype(info["dtype"])
     splits = {}
-    for split, length in info["meta"]["tokens"].items():
+    for split, length in lengths.items():
         path = root / f"{split}.bin"
         if not path.is_file() or path.stat().st_size != length * dtype.itemsize:
             return None
         splits[split] = np.memmap(path, dtype=dtype, mode="r", shape=(length,))
-    return PreparedData(info["name"], tokenizer, splits, info["meta"])
+    return PreparedData(name, tokenizer, splits, info["meta"], root.name, fingerprint)
 
 
-def _write_split(path: Path, source: SplitSource, dtype: np.dtype) -> int:
+def _write_split(root: Path, split: str, source: SplitSource, dtype: np.dtype, digest: _Hash) -> int:
+    """Write one split's tokens to ``<root>/<split>.bin`` and feed them to ``digest`` as ``content_digest`` says."""
     chunks = [source] if isinstance(source, np.ndarray) else source
+    digest.update(split.encode() + b"\0")
     count = 0
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    with atomic_output(root / f"{split}.bin") as tmp, open(tmp, "wb") as f:
         for chunk in chunks:
             array = np.ascontiguousarray(chunk, dtype=dtype)
             array.tofile(f)
+            digest.update(array)
             count += array.size
+    digest.update(count.to_bytes(8, "little"))
     return count
 
 
@@ -155,16 +204,19 @@ def save_prepared(root: Path, name: str, built: Built) -> PreparedData:
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta.json").unlink(missing_ok=True)  # an old cache is invalid from here on
     dtype = token_dtype(built.tokenizer.vocab_size)
+    codec = built.tokenizer.to_dict()
+    digest = content_digest(codec)
     lengths = {}
     for split, source in built.splits.items():
-        lengths[split] = _write_split(root / f"{split}.bin", source, dtype)
+        lengths[split] = _write_split(root, split, source, dtype, digest)
         if lengths[split] == 0:
             raise DataError(f"the {split} split of {name} has no tokens; use a larger corpus.")
     info = {
         "format": FORMAT_VERSION,
         "name": name,
-        "tokenizer": built.tokenizer.to_dict(),
+        "tokenizer": codec,
         "dtype": dtype.name,
+        "fingerprint": digest.hexdigest(),
         "meta": {**built.meta, "tokens": lengths},
     }
     write_atomic(root / "meta.json", json.dumps(info, indent=2))
