@@ -75,8 +75,15 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
 
 
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder atomically for readers: rename it out of sight first, then delete it."""
+    doomed = path.with_name(f".tmp-deleting-{path.name}-{os.getpid()}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
-    """Remove the temporary folders of saves that never finished (a process killed mid-save); return them."""
+    """Remove the temporary folders of saves and deletions that never finished (a process killed); return them."""
     root = Path(run_dir) / CHECKPOINT_DIR
     left = sorted(root.glob(".tmp-*")) if root.is_dir() else []
     for tmp in left:
@@ -130,7 +137,7 @@ def save_checkpoint(
         for name in files + ["manifest.json"]:
             fsync_file(tmp / name)
         if final.exists():  # re-saving the same step (e.g. after Ctrl-C right at a save)
-            shutil.rmtree(final)
+            _remove(final)
         os.rename(tmp, final)
         fsync_dir(root)
     except OSError as err:
@@ -140,7 +147,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
 
 

@@ -364,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"md4: error: {err}", file=sys.stderr)
             return EXIT_DIVERGED if isinstance(err, TrainingDiverged) else EXIT_BAD_INPUT
+        except OSError as err:  # the file system refused: say which file and what to check
+            if os.environ.get("MD4_DEBUG"):
+                raise
+            where = f" ({err.filename})" if err.filename else ""
+            print(
+                f"md4: error: {err.strerror or err}{where}; check that the path exists, is writable and has space.",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
         except KeyboardInterrupt:  # outside the training loop (which saves and stops by itself)
             print("md4: interrupted; nothing was written after the last completed step.", file=sys.stderr)
             return EXIT_SIGNAL["SIGINT"]

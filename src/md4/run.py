@@ -77,14 +77,18 @@ def is_run(path: Path) -> bool:
     return all((Path(path) / name).is_file() for name in RUN_FILES)
 
 
-def check_out_dir(run_dir: Path) -> None:
-    """Refuse an ``--out`` that is a file, a dangling symlink, or a non-empty folder that is not an md4 run."""
+def check_out_path(run_dir: Path) -> None:
+    """Refuse an ``--out`` that is a file or a dangling symlink."""
     run_dir = Path(run_dir)
     if run_dir.is_symlink() and not run_dir.exists():
         raise RunError(f"--out {run_dir} is a symlink to a missing target; fix the link or choose another --out.")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir} is a file, not a folder; choose another --out.")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not is_run(run_dir):
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse a non-empty folder that is not an md4 run (a lock file alone is another trainer's start)."""
+    if any(p.name != LOCK_FILE for p in Path(run_dir).iterdir()) and not is_run(run_dir):
         raise RunError(
             f"{run_dir} is not empty and is not an md4 run, so md4 will not write into it; choose another --out."
         )

@@ -36,7 +36,15 @@ from md4.evaluate import estimate_nelbo
 from md4.files import write_atomic
 from md4.metrics_log import MetricsLog
 from md4.models import DataSpec, build_model
-from md4.run import RunError, RunLock, check_out_dir, data_source, read_run_files, write_run_files
+from md4.run import (
+    RunError,
+    RunLock,
+    check_out_path,
+    check_run_folder,
+    data_source,
+    read_run_files,
+    write_run_files,
+)
 from md4.sampling import sample
 
 # Keys that may change when a run is resumed; any other difference is an error.
@@ -167,7 +175,9 @@ class Trainer:
         self.spec = DataSpec.of(data)
         self.t = config.train
         self.device = resolve_device(self.t.device)
-        check_out_dir(self.run_dir)
+        check_out_path(self.run_dir)
+        if self.run_dir.is_dir():
+            check_run_folder(self.run_dir)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -367,6 +377,7 @@ class Trainer:
                             loss=f"{metrics['loss']:.3f}",
                             bpt=f"{metrics['bits_per_token']:.3f}",
                             tok_s=f"{metrics['tokens_per_second']:.0f}",
+                            refresh=False,  # the bar refreshes at its own pace (rarely in a log file)
                         )
                     if self.step % self.t.eval_every == 0 or self.step == self.t.steps:
                         last_valid = self.evaluate("valid")
