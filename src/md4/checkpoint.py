@@ -203,8 +203,8 @@ def load_checkpoint(
     Raises CheckpointVanished when the directory disappears while it is read (a rotation).
     """
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"No checkpoint at {path}; train first or pass a run directory that has checkpoints.")
+    if not path.is_dir():  # never there, or rotated away since it was found
+        raise CheckpointVanished(f"No checkpoint at {path}; train first or pass a run directory that has checkpoints.")
     try:
         return _read(path, map_location, weights_only)
     except (CheckpointError, OSError, SafetensorError, RuntimeError) as err:

@@ -87,8 +87,9 @@ def check_out_path(run_dir: Path) -> None:
 
 
 def check_run_folder(run_dir: Path) -> None:
-    """Refuse a non-empty folder that is not an md4 run (a lock file alone is another trainer's start)."""
-    if any(p.name != LOCK_FILE for p in Path(run_dir).iterdir()) and not is_run(run_dir):
+    """Refuse a non-empty folder that md4 did not make: it has neither the run files nor a run's lock file."""
+    entries = {p.name for p in Path(run_dir).iterdir()}
+    if entries and LOCK_FILE not in entries and not is_run(run_dir):
         raise RunError(
             f"{run_dir} is not empty and is not an md4 run, so md4 will not write into it; choose another --out."
         )
