@@ -66,3 +66,32 @@ class OracleDenoiser:
             total += (as_ - at) / (1 - at) * (p_pattern[:, None] * ce).sum(0)
         alpha0 = float(schedule.alpha(torch.tensor(0.0, dtype=torch.float64)))
         return total + d * (1 - alpha0) * math.log(self.vocab_size)
+
+
+class StateDependentOracle(OracleDenoiser):
+    """The exact posterior marginals of the same joint under GenMD4's per-token schedule.
+
+    With alpha_v(t) = 1 - (1 - eps) t^{w_v}, being masked at t says something about a token's value: given z_t,
+    a configuration c consistent with the unmasked tokens has weight p(c) prod_{masked n} t^{w_{c_n}}. So the
+    optimal denoiser depends on t, unlike MD4's.
+    """
+
+    time_independent = False
+
+    def __init__(self, exponents, **kwargs):
+        super().__init__(**kwargs)
+        self.exponents = torch.as_tensor(exponents, dtype=torch.float64)
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        mask_id = self.vocab_size
+        masked = z == mask_id  # [B, D]
+        consistent = (masked[:, None, :] | (z[:, None, :] == self.configs[None])).all(-1)  # [B, C]
+        w_of = self.exponents[self.configs]  # [C, D]
+        log_t = torch.log(t.double().clamp_min(1e-300))[:, None, None]  # [B, 1, 1]
+        log_weight = (masked[:, None, :] * w_of[None] * log_t).sum(-1)  # [B, C]
+        weights = self.probs[None] * consistent * torch.exp(log_weight - log_weight.max(-1, keepdim=True).values)
+        onehot = torch.nn.functional.one_hot(self.configs, self.vocab_size).double()
+        marg = torch.einsum("bc,cdv->bdv", weights, onehot)
+        marg = marg / marg.sum(-1, keepdim=True)
+        return torch.log(marg.clamp_min(1e-300)).float()

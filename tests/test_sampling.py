@@ -253,7 +253,7 @@ def test_grid_samplers_run_with_a_per_token_schedule_and_exact_refuses_it():
     for name in ("ancestral", "top_p", "mean"):
         out = sample(model, 16, shape=(10,), steps=8, sampler=name, seed=0)
         assert out.tokens.shape == (16, 10) and out.tokens.max() < 3
-    with pytest.raises(ValueError, match="exact sampler needs one schedule shared by every token"):
+    with pytest.raises(ValueError, match="exact sampler supports shared schedules and GenMD4.s per-token polynomial"):
         sample(model, 2, shape=(4,), sampler="exact")
 
 

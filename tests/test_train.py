@@ -237,9 +237,9 @@ def test_grad_accumulation_averages_micro_batches(corpus, tmp_path):
 
 def test_weight_decay_scope_and_clipping_switch():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
-    every = parameter_groups(model, 0.1, "all")
+    every = parameter_groups(model, 0.1, "all", 1e-3)
     assert len(every) == 1 and len(every[0]["params"]) == 4 and every[0]["weight_decay"] == 0.1
-    matrices, rest = parameter_groups(model, 0.1, "matrices")
+    matrices, rest = parameter_groups(model, 0.1, "matrices", 1e-3)
     assert [p.dim() for p in matrices["params"]] == [2] and rest["weight_decay"] == 0.0 and len(rest["params"]) == 3
 
 

@@ -126,7 +126,10 @@ def cmd_eval(args) -> int:
     batch_size = args.batch_size or run.config.train.batch_size
     weights = "raw" if args.no_ema else "EMA"
     results = {"run": str(args.run), "step": run.step, "split": args.split, "weights": weights}
-    for label, steps in (("continuous", None), (f"discrete T={args.steps}", args.steps)):
+    bounds = [("continuous", None)]
+    if run.model.discrete_bound:
+        bounds.append((f"discrete T={args.steps}", args.steps))
+    for label, steps in bounds:
         batches, name = held_out_batches(run, args.data, args.split, batch_size, args.max_batches)
         if steps is None and not args.json:
             print(f"md4 eval: {name}, step {run.step}, {weights} weights, {args.precision}")
@@ -160,6 +163,21 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from md4.run import load_run
+    from md4.schedule_plot import plot_schedule, ranked_exponents
+
+    run = load_run(args.run, device="cpu", use_ema=not args.no_ema, step=args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.run) / "schedule.png"
+    plot_schedule(run.model, run.codec, out, title=f"{args.run}, step {run.step}")
+    ranked = ranked_exponents(run.model, run.codec)
+    low = ", ".join(f"{label} {w:.2f}" for w, label in ranked[:5])
+    high = ", ".join(f"{label} {w:.2f}" for w, label in ranked[-5:])
+    print(f"lowest w (masked early, decoded late): {low}\nhighest w (masked late, decoded early): {high}")
+    print(f"md4: wrote {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_presets(args) -> int:
     from md4.config import Config, data_spec_guess, load_preset, preset_description, preset_names, preset_text
     from md4.models import MODEL_KINDS, NETWORKS, count_parameters
@@ -171,7 +189,7 @@ def cmd_presets(args) -> int:
         print(f"\n# parameters: {count_parameters(config, spec):,} (vocabulary {spec.vocab_size})")
         return 0
     for name in preset_names():
-        print(f"{name:18s} {preset_description(name)}")
+        print(f"{name:24s} {preset_description(name)}")
     print(f"\nModel kinds: {', '.join(MODEL_KINDS)}; networks: {', '.join(NETWORKS)}.")
     print("Every key of the default kind and network (override with section.key=value):")
     for section, values in Config().to_dict().items():
@@ -311,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--draws", type=int, default=1, help="Monte-Carlo draws K per sequence (default: %(default)s)")
     p.add_argument(
-        "--steps", type=int, default=DEFAULT_BOUND_STEPS, help="T of the discrete-time bound (default: %(default)s)"
+        "--steps",
+        type=int,
+        default=DEFAULT_BOUND_STEPS,
+        help="T of the discrete-time bound of MD4 (GenMD4 has only the continuous one; default: %(default)s)",
     )
     p.add_argument("--max-batches", type=int, help="evaluate only this many batches (default: all)")
     p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch size)")
@@ -327,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     prep = data_sub.add_parser("prepare", help="download/tokenise a dataset into the cache (MD4_CACHE_DIR)")
     prep.add_argument("name", help="a recipe name, hf:NAME[:CONFIG], or a text file/folder")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser(
+        "inspect",
+        help="plot a GenMD4 run's learned per-token schedule",
+        description="Write a PNG of the learned exponents w per token and alpha_v(t) at the extremes.",
+    )
+    p.add_argument("run", help="run directory written by md4 train (model.kind=genmd4)")
+    p.add_argument("--out", help="the PNG to write (default: RUN/schedule.png)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--checkpoint", type=int, metavar="STEP", help="the checkpoint of this step (default: the newest)")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("presets", help="list the presets, or print one", description="Run presets and config keys.")
     p.add_argument("name", nargs="?", help="print this preset's TOML and its model's parameter count")
@@ -364,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"md4: error: {err}", file=sys.stderr)
             return EXIT_DIVERGED if isinstance(err, TrainingDiverged) else EXIT_BAD_INPUT
+        except BrokenPipeError:  # the reader of our output went away (e.g. `md4 presets | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except OSError as err:  # the file system refused: say which file and what to check
             if os.environ.get("MD4_DEBUG"):
                 raise

@@ -52,46 +52,20 @@ class MD4Options:
         get_schedule(self.schedule, self.eps)  # an unknown name or a bad eps fails here, before any data is read
 
 
-class MD4(nn.Module):
-    """Masked diffusion model of paper Sec. 2-4 around any denoiser.
+class MaskedDiffusion(nn.Module):
+    """What every masked-diffusion kind shares: a denoiser, V real tokens and the mask id V, a schedule module,
+    the data shape, and the shape-checked call of the denoiser that the losses and the samplers use."""
 
-    Args:
-        denoiser: callable following the contract in the module docstring.
-        vocab_size: V, the number of real tokens; the mask id is V.
-        schedule: a :class:`MaskingSchedule` module (owned by the model from here on) or the name of one
-            (``linear``, ``cosine``, ``polyK``, ``geometric``), built with ``eps``.
-        eps: the clamp of a schedule given by name (default 1e-4, the release's); a schedule module has its own.
-        data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input and used
-            by :func:`md4.sample` as the default sample shape.
-    """
+    discrete_bound = False  # whether nelbo(x, num_steps=T) gives a discrete-time bound
 
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        vocab_size: int,
-        schedule: str | MaskingSchedule = "linear",
-        eps: float | None = None,
-        data_shape: tuple[int, ...] | None = None,
-    ):
+    def __init__(self, denoiser: Denoiser, vocab_size: int, schedule: nn.Module, data_shape=None):
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}.")
-        if isinstance(schedule, MaskingSchedule):
-            if eps is not None:
-                raise ValueError("eps belongs to the schedule; pass it when building the schedule, not to MD4.")
-        else:
-            schedule = get_schedule(schedule, DEFAULT_EPS if eps is None else eps)
-        if schedule.per_token:
-            raise ValueError(f"MD4 needs a schedule shared by every token, but {schedule.name} is per token.")
         self.denoiser = denoiser
         self.vocab_size = int(vocab_size)
         self.schedule = schedule
         self.data_shape = tuple(data_shape) if data_shape is not None else None
-
-    @classmethod
-    def build(cls, options: MD4Options, denoiser: Denoiser, spec) -> MD4:
-        """The model of a run: ``options`` from the config's ``[model]`` table, ``spec`` from its data."""
-        return cls(denoiser, spec.vocab_size, options.schedule, options.eps, spec.data_shape)
 
     @property
     def mask_id(self) -> int:
@@ -102,7 +76,6 @@ class MD4(nn.Module):
         """True when the denoiser ignores t (samplers may then cache its output)."""
         return bool(getattr(self.denoiser, "time_independent", False))
 
-    # ----------------------------------------------------------------- checks
     def _check_input(self, x: torch.Tensor) -> None:
         check_tokens(x, self.vocab_size)
         if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
@@ -118,17 +91,10 @@ class MD4(nn.Module):
         if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
             raise ValueError(f"t must lie in [0, 1], got values in [{float(t.min())}, {float(t.max())}].")
 
-    # -------------------------------------------------------------- forward q
-    def _expand(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _expand(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A per-sequence value [B] shaped to broadcast against x [B, *shape]."""
         return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
-
-    def forward_sample(
-        self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Draw z_t ~ q(z_t | x): keep each token with probability alpha(t), else mask (paper Sec. 2)."""
-        alpha = self._expand(self.schedule.alpha(t.double()).float(), x)
-        keep = torch.rand(x.shape, device=x.device, generator=generator) < alpha
-        return torch.where(keep, x, torch.full_like(x, self.mask_id))
 
     def logits(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's logits [B, *shape, V] at (z_t, t), shape-checked; the samplers call this too."""
@@ -141,6 +107,53 @@ class MD4(nn.Module):
     def log_probs(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """log mu_theta(z_t, t) in float32, shape [B, *shape, V]."""
         return F.log_softmax(self.logits(z, t, labels).float(), dim=-1)
+
+
+class MD4(MaskedDiffusion):
+    """Masked diffusion model of paper Sec. 2-4 around any denoiser.
+
+    Args:
+        denoiser: callable following the contract in the module docstring.
+        vocab_size: V, the number of real tokens; the mask id is V.
+        schedule: a :class:`MaskingSchedule` module (owned by the model from here on) or the name of one
+            (``linear``, ``cosine``, ``polyK``, ``geometric``), built with ``eps``.
+        eps: the clamp of a schedule given by name (default 1e-4, the release's); a schedule module has its own.
+        data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input and used
+            by :func:`md4.sample` as the default sample shape.
+    """
+
+    discrete_bound = True
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        vocab_size: int,
+        schedule: str | MaskingSchedule = "linear",
+        eps: float | None = None,
+        data_shape: tuple[int, ...] | None = None,
+    ):
+        if isinstance(schedule, MaskingSchedule):
+            if eps is not None:
+                raise ValueError("eps belongs to the schedule; pass it when building the schedule, not to MD4.")
+        else:
+            schedule = get_schedule(schedule, DEFAULT_EPS if eps is None else eps)
+        if schedule.per_token:
+            raise ValueError(f"MD4 needs a schedule shared by every token, but {schedule.name} is per token.")
+        super().__init__(denoiser, vocab_size, schedule, data_shape)
+
+    @classmethod
+    def build(cls, options: MD4Options, denoiser: Denoiser, spec) -> MD4:
+        """The model of a run: ``options`` from the config's ``[model]`` table, ``spec`` from its data."""
+        return cls(denoiser, spec.vocab_size, options.schedule, options.eps, spec.data_shape)
+
+    # -------------------------------------------------------------- forward q
+    def forward_sample(
+        self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw z_t ~ q(z_t | x): keep each token with probability alpha(t), else mask (paper Sec. 2)."""
+        alpha = self._expand(self.schedule.alpha(t.double()).float(), x)
+        keep = torch.rand(x.shape, device=x.device, generator=generator) < alpha
+        return torch.where(keep, x, torch.full_like(x, self.mask_id))
 
     def _masked_log_likelihood(self, x, z, t, labels):
         """sum over masked n of log mu(z_t, t)[n, x_n], per sequence [B]."""

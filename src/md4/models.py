@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from md4.diffusion import MD4, MD4Options
+from md4.genmd4 import GenMD4, GenMD4Options
 from md4.nn.transformer import Transformer, TransformerConfig
 
 
@@ -60,6 +61,7 @@ class Network:
 
 MODEL_KINDS: dict[str, ModelKind] = {
     "md4": ModelKind(MD4Options, MD4.build),
+    "genmd4": ModelKind(GenMD4Options, GenMD4.build),
 }
 NETWORKS: dict[str, Network] = {
     "transformer": Network(TransformerConfig, Transformer),

@@ -251,24 +251,33 @@ def next_unmask_time(schedule, t: torch.Tensor, num_masked: torch.Tensor, genera
 
 
 class ExactSampler(Sampler):
-    """Jump from one unmasking event to the next: one position per sequence per network call.
+    """Jump from one unmasking event to the next: no time grid and no discretisation error.
 
-    Every position unmasks at its own time, so a sequence with D masked positions takes exactly D calls,
-    whatever the schedule, and no step-size error is made. The unmasking times do not depend on the values
-    only when every token shares one schedule, so per-token schedules are not supported here.
+    Shared schedule (MD4): every position unmasks at its own time whatever its value, so the next event time
+    is drawn directly and a sequence with D masked positions takes exactly D network calls.
+
+    Per-token polynomial schedule (GenMD4): going back in time a masked position unmasks to v at rate
+    mu[v] w_v / t, so its rate depends on mu. Events are drawn by thinning: candidate times at the bounding rate
+    (number masked) * max(w) / t, each accepted with probability sum_n sum_v mu_n[v] w_v / (number masked *
+    max(w)) with mu evaluated at the candidate time; the position is then drawn with probability proportional
+    to sum_v mu_n[v] w_v and the value proportional to mu_n[v] w_v. This simulates the continuous-time reverse
+    process exactly, also for a time-dependent network; a rejected candidate costs a network call unless the
+    network ignores t. Other per-token schedules are not supported.
     """
 
-    description = "first-hitting: one network call per token, no discretisation error"
+    description = "first-hitting: no time grid, no discretisation error (MD4: one network call per token)"
     uses_grid = False
 
     def check(self, schedule) -> None:
-        if schedule.per_token:
+        if schedule.per_token and not hasattr(schedule, "exponents"):
             raise ValueError(
-                f"The exact sampler needs one schedule shared by every token, but {schedule.name} is per token; "
-                "use the ancestral sampler."
+                f"The exact sampler supports shared schedules and GenMD4's per-token polynomial, not "
+                f"{schedule.name}; use the ancestral sampler."
             )
 
     def run(self, net, schedule, z, mask_id, options, generator):
+        if schedule.per_token:
+            return self._run_per_token(net, schedule.exponents.detach().double(), z, mask_id, options, generator)
         batch = z.shape[0]
         t = torch.ones(batch, dtype=torch.float64, device=z.device)
         while True:
@@ -282,10 +291,40 @@ class ExactSampler(Sampler):
             probs = probs.reshape(batch, -1, probs.shape[-1])
             choice = categorical(masked.double(), generator, "float64")  # uniform among the masked positions
             token = categorical(probs[torch.arange(batch, device=z.device), choice], generator, options.categorical)
-            flat = z.reshape(batch, -1).clone()
-            rows = active.nonzero().squeeze(-1)
-            flat[rows, choice[rows]] = token[rows]
-            z = flat.reshape(z.shape)
+            z = _unmask(z, active, choice, token)
+
+    @staticmethod
+    def _run_per_token(net, w, z, mask_id, options, generator):
+        batch = z.shape[0]
+        w_max = float(w.max())
+        t = torch.ones(batch, dtype=torch.float64, device=z.device)
+        rows = torch.arange(batch, device=z.device)
+        while True:
+            masked = (z == mask_id).reshape(batch, -1)
+            count = masked.sum(1)
+            if not bool(count.any()):
+                return z
+            active = count > 0
+            u = torch.rand(batch, dtype=torch.float64, device=z.device, generator=generator)
+            t = torch.where(active, t * u ** (1.0 / (count.clamp_min(1) * w_max)), t)
+            probs = net(z, t).double()
+            probs = probs.reshape(batch, -1, probs.shape[-1])
+            rates = (probs * w).sum(-1) * masked  # sum_v mu_n[v] w_v for each masked position
+            keep = torch.rand(batch, dtype=torch.float64, device=z.device, generator=generator)
+            accepted = active & (keep * count.clamp_min(1) * w_max < rates.sum(1))
+            if bool(accepted.any()):
+                choice = categorical(rates, generator, "float64")
+                token = categorical(probs[rows, choice] * w, generator, options.categorical)
+                z = _unmask(z, accepted, choice, token)
+
+
+def _unmask(z: torch.Tensor, rows: torch.Tensor, position: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """z with ``token`` written at the flat ``position`` of each row where ``rows`` is True."""
+    batch = z.shape[0]
+    flat = z.reshape(batch, -1).clone()
+    chosen = rows.nonzero().squeeze(-1)
+    flat[chosen, position[chosen]] = token[chosen]
+    return flat.reshape(z.shape)
 
 
 SAMPLERS: dict[str, Sampler] = {

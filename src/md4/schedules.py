@@ -156,3 +156,40 @@ def get_schedule(name: str, eps: float = DEFAULT_EPS) -> MaskingSchedule:
     if match and float(match.group(1)) > 0:
         return PolynomialSchedule(float(match.group(1)), eps=eps)
     raise ValueError(f"Unknown masking schedule {name!r}; valid names are: {', '.join(SCHEDULE_NAMES)}.")
+
+
+class TokenPolynomialSchedule(nn.Module):
+    """GenMD4's learnable per-token schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} (paper Sec. 6), w = softplus(theta).
+
+    ``alpha(t)`` returns ``[*t.shape, V]``. There is no eps offset at t = 0 (alpha_v(0) = 1); GenMD4 instead
+    integrates over t in [t1, 1] and adds a reconstruction term at t1. The loss weight is
+    alpha'_v / (1 - alpha_v) = -w_v / t, and going back from t to s < t a masked token of value v stays masked
+    with probability (s / t)^{w_v}.
+    """
+
+    per_token = True
+    name = "per-token polynomial"
+
+    def __init__(self, vocab_size: int, w_init: float = 1.0, eps: float = DEFAULT_EPS):
+        super().__init__()
+        if not w_init > 0:
+            raise ValueError(f"The initial exponent w must be > 0 (w = 1 is the linear schedule), got {w_init}.")
+        self.eps = check_eps(eps)
+        theta = math.log(math.expm1(w_init))  # softplus^-1
+        self.theta = nn.Parameter(torch.full((int(vocab_size),), theta))
+
+    @property
+    def exponents(self) -> torch.Tensor:
+        """w = softplus(theta) > 0, one exponent per token value [V]."""
+        return torch.nn.functional.softplus(self.theta)
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_v(t) = 1 - (1 - eps) t^{w_v}, shape ``[*t.shape, V]`` (computed in t's dtype)."""
+        return 1.0 - (1.0 - self.eps) * t[..., None] ** self.exponents.to(t.dtype)
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha'_v(t) / (1 - alpha_v(t)) = -w_v / t, shape ``[*t.shape, V]``."""
+        return -self.exponents.to(t.dtype) / t[..., None]
+
+    def extra_repr(self) -> str:
+        return f"vocab_size={self.theta.numel()}, eps={self.eps}"

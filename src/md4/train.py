@@ -97,15 +97,26 @@ def config_differences(old: Config, new: Config) -> list[str]:
     return diffs
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict[str, Any]]:
-    """AdamW groups: decay on every parameter (``scope="all"``, the release) or only on weights of rank >= 2."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str, lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on every parameter (``scope="all"``, the release) or only on weights of rank >= 2.
+
+    A model with a learnable schedule and its own ``schedule_lr`` (GenMD4's ``theta_lr``) gets a group for the
+    schedule whose ``lr_scale`` keeps that rate in the same warm-up and decay as the rest.
+    """
+    schedule_lr = getattr(model, "schedule_lr", None)
+    apart = set(model.schedule.parameters()) if schedule_lr is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad and p not in apart]
     if scope == "all":
-        return [{"params": params, "weight_decay": weight_decay}]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+    if apart:
+        decay = weight_decay if scope == "all" else 0.0
+        groups.append({"params": list(apart), "weight_decay": decay, "lr_scale": schedule_lr / lr})
+    return groups
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; schedulers, `docker stop`, preemptible machines
@@ -190,7 +201,7 @@ class Trainer:
             self.progress = progress
             self.ema = EMA(self.model, self.t.ema_decay)
             self.optimizer = torch.optim.AdamW(
-                parameter_groups(self.model, self.t.weight_decay, self.t.weight_decay_scope),
+                parameter_groups(self.model, self.t.weight_decay, self.t.weight_decay_scope, self.t.lr),
                 lr=self.t.lr,
                 betas=(self.t.beta1, self.t.beta2),
                 fused=self.device.type == "cuda",
@@ -289,9 +300,9 @@ class Trainer:
         """
         lr = learning_rate(self.step, self.t)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.model.train()
-        total, bits = 0.0, 0.0
+        sums: dict[str, float] = {}
         for _ in range(self.t.grad_accum):
             x, labels = self.data.train_batch(self.t.batch_size, self.data_generator)
             x = x.to(self.device, non_blocking=True)
@@ -299,9 +310,10 @@ class Trainer:
             with autocast(self.device, self.t.precision):
                 loss, metrics = self.model.loss(x, labels=labels)
             (loss / self.t.grad_accum).backward()
-            total += float(metrics["loss"]) / self.t.grad_accum
-            bits += float(metrics["bits_per_token"]) / self.t.grad_accum
+            for key, value in metrics.items():  # means over the micro-batches
+                sums[key] = sums.get(key, 0.0) + float(value) / self.t.grad_accum
             self.tokens_seen += x.numel()
+        total = sums["loss"]
         max_norm = self.t.grad_clip if self.t.grad_clip > 0 else math.inf  # 0: measure the norm, do not clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
@@ -316,7 +328,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model)
         self.step += 1
-        return {"loss": total, "bits_per_token": bits, "lr": lr, "grad_norm": grad_norm}
+        return {**sums, "lr": lr, "grad_norm": grad_norm}
 
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, Any]:
         batches = self.data.eval_batches(split, self.t.batch_size, max_batches or self.t.eval_batches)
