@@ -61,7 +61,7 @@ def test_presets_command_prints_the_parameter_count(capsys):
     [
         ("net.dimm=3", "Unknown config key net.dimm; valid keys in [net] for the transformer network are: dim,"),
         ("model.schedul=cosine", "Unknown config key model.schedul; valid keys in [model] for kind md4 are:"),
-        ("model.kind=ar", "Unknown model.kind 'ar'; registered ones are: md4."),
+        ("model.kind=ar", "Unknown model.kind 'ar'; registered ones are: md4, genmd4."),
         ("model.net=unet", "Unknown model.net 'unet'; registered ones are: transformer."),
         ("net.mlp_type=relu", "Bad [net] setting: Unknown mlp_type 'relu'"),
         ("net.n_heads=5", "Bad [net] setting: dim=768 is not divisible by n_heads=5"),
