@@ -240,7 +240,8 @@ def test_codec_round_trip(codec: Codec) -> None:
 
 
 def test_codec_from_dict_errors() -> None:
-    with pytest.raises(DataError, match=r"unknown codec type 'png'; expected one of 'char', 'gpt2', 'raw', 'text8'"):
+    expected = r"unknown codec type 'png'; expected one of 'char', 'gpt2', 'image', 'raw', 'text8'"
+    with pytest.raises(DataError, match=expected):
         codec_from_dict({"type": "png"})
     with pytest.raises(DataError, match="unknown codec type None"):
         codec_from_dict({"chars": "ab"})
@@ -481,9 +482,10 @@ def test_seq_len_check(tmp_path: Path) -> None:
 
 
 def test_recipe_listing() -> None:
-    assert available_recipes() == ["shakespeare", "text8", "wikitext8-sample"]
+    text = ["shakespeare", "text8", "wikitext8-sample"]
+    assert available_recipes() == [*text, "mnist", "fashion-mnist", "digits", "cifar10", "imagenet64"]
     descriptions = recipe_descriptions()
-    assert set(available_recipes()) | {"hf:NAME[:CONFIG]", "PATH"} == set(descriptions)
+    assert set(available_recipes()) | {"images:PATH[:HxW]", "hf:NAME[:CONFIG]", "PATH"} == set(descriptions)
     assert all(descriptions.values())
 
 

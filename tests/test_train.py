@@ -251,9 +251,8 @@ def test_labelled_data_of_any_shape_trains_evaluates_and_reloads(tmp_path):
         split: (y[:, None, None] + torch.randint(0, 2, (len(y), 2, 3), generator=g)) for split, y in labels.items()
     }
     data = ArrayDataset(images, RawCodec(5), labels=labels, num_classes=3)
-    config = build_config(
-        "shakespeare-char", merged(*TINY, "train.steps=4", "train.sample_every=4", "train.eval_every=4")
-    )
+    overrides = [*TINY, "train.steps=4", "train.sample_every=4", "train.eval_every=4", "model.conditional=true"]
+    config = build_config("shakespeare-char", merged(*overrides, "data.name=in-memory"))
     model = build_model(config, DataSpec.of(data))
     assert model.denoiser.config.num_classes == 3
     result = Trainer(config, model, data, tmp_path / "run", progress=False).fit()

@@ -500,3 +500,52 @@ def test_md4_timestep_embedding_layout():
     assert TransformerConfig.release_text8().time_embedding == "release"
     with pytest.raises(ValueError, match="time_embedding"):
         TransformerConfig(vocab_size=V, time_embedding="learned")
+
+
+def test_axial_positions_break_the_symmetry_of_an_all_mask_image():
+    """All-mask image input: without positions every sub-pixel gets the same logits; per-axis tables (H, W and
+    C rows, summed) tell them apart."""
+    shape = (3, 4, 2)
+    z = torch.full((2, *shape), 5)
+    t = torch.tensor([1.0, 1.0])
+    for axial, expect_equal in ((False, True), (True, False)):
+        torch.manual_seed(0)
+        model = Transformer(
+            TransformerConfig(
+                vocab_size=5,
+                dim=32,
+                n_layers=2,
+                n_heads=4,
+                time_conditioning="none",
+                data_shape=shape,
+                axial_positions=axial,
+            )
+        )
+        torch.nn.init.normal_(model.logits.weight, std=0.5)
+        out = model(z, t).reshape(2, -1, 5)
+        assert torch.allclose(out[:, :1].expand_as(out), out, atol=1e-5) == expect_equal
+    assert [table.num_embeddings for table in model.axial_embed] == list(shape)
+    rows, cols, chans = (table.weight for table in model.axial_embed)
+    torch.testing.assert_close(model._axial_positions()[1 * 8 + 2 * 2 + 1], rows[1] + cols[2] + chans[1])
+    with pytest.raises(ValueError, match="data_shape"):
+        model(torch.full((2, 4, 3, 2), 5), t)
+
+
+def test_axial_positions_need_data_shape_and_are_off_by_default():
+    with pytest.raises(ValueError, match="axial_positions=True needs data_shape"):
+        tiny(axial_positions=True)
+    with pytest.raises(ValueError, match="data_shape"):
+        tiny(data_shape=(4, 0))
+    assert tiny(data_shape=[4, 4]).data_shape == (4, 4)
+    model = Transformer(tiny(data_shape=(4, 2)))
+    assert model.axial_embed is None
+    n = model.num_parameters()
+    assert Transformer(tiny(data_shape=(4, 2), axial_positions=True)).num_parameters() == n + (4 + 2) * 32
+
+
+def test_class_table_has_a_null_label_row():
+    model = randomize(Transformer(tiny(num_classes=3)))
+    assert model.class_embed.num_embeddings == 4
+    z, t = inputs()
+    null = torch.full((3,), 3)
+    assert not torch.allclose(model(z, t, null), model(z, t, torch.tensor([0, 1, 2])))

@@ -1,13 +1,14 @@
 """md4: masked (absorbing) discrete diffusion (MD4, Shi et al., NeurIPS 2024) in PyTorch.
 
-The public API: masking schedules (modules owned by the model), the :class:`MD4` objective around any
-denoiser, the samplers (:func:`sample`, one :data:`SAMPLERS` entry each), text generation with prompts and
+The public API: masking schedules (modules owned by the model), the :class:`MD4` and :class:`GenMD4` objectives
+around any denoiser, the samplers (:func:`sample`, one :data:`SAMPLERS` entry each), text generation with prompts and
 infilling (:func:`generate`), the bidirectional :class:`Transformer` denoiser, and the registries that build
 a model from a config (:func:`build_model`, :data:`MODEL_KINDS`, :data:`NETWORKS`).
 """
 
 from md4.diffusion import MD4, MD4Options, antithetic_times, bits_per_token, perplexity
 from md4.generate import Generation, generate, infill_template
+from md4.genmd4 import GenMD4, GenMD4Options
 from md4.models import MODEL_KINDS, NETWORKS, DataSpec, build_model, count_parameters
 from md4.nn.transformer import Transformer, TransformerConfig
 from md4.sampling import (
@@ -27,6 +28,7 @@ from md4.schedules import (
     LinearSchedule,
     MaskingSchedule,
     PolynomialSchedule,
+    TokenPolynomialSchedule,
     get_schedule,
 )
 
@@ -41,6 +43,8 @@ __all__ = [
     "SAMPLER_NAMES",
     "CosineSchedule",
     "DataSpec",
+    "GenMD4",
+    "GenMD4Options",
     "Generation",
     "GeometricSchedule",
     "LinearSchedule",
@@ -48,6 +52,7 @@ __all__ = [
     "MaskingSchedule",
     "PolynomialSchedule",
     "SampleOutput",
+    "TokenPolynomialSchedule",
     "Transformer",
     "TransformerConfig",
     "antithetic_times",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -42,13 +43,13 @@ def describe(trainer, resume: bool) -> str:
     )
 
 
-def report(result, run_dir: Path) -> int:
+def report(result, run_dir: Path, unit: str = "token") -> int:
     """Print how training ended and return the exit code."""
     state = f"stopped by {result.stopped_by} at" if result.stopped_by else "finished at"
     valid = "n/a" if result.valid_bits_per_token is None else f"{result.valid_bits_per_token:.4f}"
     print(
         f"md4: {state} step {result.step} in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
-        f"valid bits/token {valid}; checkpoint in {run_dir}/checkpoints"
+        f"valid bits/{unit} {valid}; checkpoint in {run_dir}/checkpoints"
     )
     return EXIT_SIGNAL.get(result.stopped_by, 0)
 
@@ -64,52 +65,117 @@ def cmd_train(args) -> int:
         config = resume_config(run_dir, args.overrides, data=args.data)
     else:
         config = build_config(args.preset, args.overrides, data=args.data)
+    from md4.data import ImageCodec
+
     trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint)
     print(describe(trainer, args.resume), file=sys.stderr)
-    return report(trainer.fit(), run_dir)
+    return report(trainer.fit(), run_dir, "dim" if isinstance(trainer.data.codec, ImageCodec) else "token")
 
 
 # ----------------------------------------------------------------- sample
+def class_labels(run, num: int, per_class: int | None = None) -> torch.Tensor | None:
+    """Labels for samples of a class-conditional run: ``per_class`` of each class in turn, or classes cycling."""
+    classes = run.model.num_classes
+    if classes is None:
+        if per_class:
+            raise ValueError("--per-class needs a class-conditional model; train one with model.conditional=true.")
+        return None
+    device = next(run.model.parameters()).device
+    if per_class:
+        return torch.arange(classes, device=device).repeat_interleave(per_class)
+    return torch.arange(num, device=device) % classes
+
+
 def sample_text(run, num: int, seed: int, **options):
-    """Samples of a loaded run, decoded: a :class:`md4.generate.Generation`."""
+    """Samples of a loaded text run, decoded: a :class:`md4.generate.Generation`."""
     from md4.generate import generate
 
-    labels = None
-    if run.spec.num_classes is not None:
-        labels = torch.arange(num, device=next(run.model.parameters()).device) % run.spec.num_classes
-    return generate(run.model, run.codec, num, labels=labels, seed=seed, **options)
+    return generate(run.model, run.codec, num, labels=class_labels(run, num), seed=seed, **options)
+
+
+def sample_images(run, args, options: dict) -> tuple[list[Path], int, str]:
+    """Image samples of a loaded run as PNG files (a grid, or an infilling panel, and a reverse-process strip):
+    the paths written, the NFE and an ASCII preview of the first image."""
+    from md4 import image_outputs as pictures
+    from md4.device import autocast
+    from md4.generate import complete, image_mask
+    from md4.sampling import sample
+
+    codec, model = run.codec, run.model
+    out = Path(args.out) if args.out else Path(args.run) / "samples" / "sample.png"
+    written = []
+    if args.infill_image:
+        given = torch.as_tensor(codec.read_png(args.infill_image))
+        hole = image_mask(args.mask, codec.data_shape, seed=args.seed)
+        labels = class_labels(run, args.num)
+        result = complete(model, given, hole, args.num, labels=labels, seed=args.seed, **options)
+        panel = pictures.infill_panel(codec, given, hole, result.tokens.cpu())
+        written.append(pictures.save_png(panel, out, args.scale))
+    else:
+        labels = class_labels(run, args.num, args.per_class)
+        num = len(labels) if args.per_class else args.num
+        precision = options.pop("precision")
+        with autocast(next(model.parameters()).device, precision):
+            result = sample(model, num, labels=labels, snapshots=8 if args.strip else 0, seed=args.seed, **options)
+        per_row = args.per_class or math.ceil(math.sqrt(num))
+        written.append(
+            pictures.save_png(pictures.tile(pictures.rows_of(codec, result.tokens, per_row)), out, args.scale)
+        )
+        if args.strip:
+            strip = pictures.strip(codec, result.trajectory)
+            written.append(pictures.save_png(strip, out.with_name(f"{out.stem}-strip.png"), args.scale))
+    return written, result.nfe, codec.decode(result.tokens[0].cpu())
 
 
 def cmd_sample(args) -> int:
+    from md4.data import ImageCodec
     from md4.run import load_run
 
-    for name in ("num", "steps", "length"):
-        positive(f"--{name}", getattr(args, name))
+    for name in ("num", "steps", "length", "per_class", "scale"):
+        positive(f"--{name.replace('_', '-')}", getattr(args, name))
     if args.prompt == "":
         raise ValueError("--prompt is empty; give the text the samples start with, or leave --prompt out.")
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
+    images = isinstance(run.codec, ImageCodec)
+    text_only = {"--prompt": args.prompt, "--infill": args.infill, "--length": args.length}
+    image_only = {"--infill-image": args.infill_image, "--per-class": args.per_class, "--out": args.out}
+    wrong = [name for name, value in (text_only if images else image_only).items() if value is not None]
+    if wrong or (args.strip and not images):
+        kind = "text" if images else "image"
+        raise ValueError(f"{(wrong or ['--strip'])[0]} is for {kind} runs, and {args.run} is not one.")
+    options = {
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "grid": args.grid,
+        "top_p": args.top_p,
+        "categorical": args.categorical,
+        "precision": args.precision,
+        "guidance": args.guidance,
+    }
     start = time.time()
-    out = sample_text(
-        run,
-        args.num,
-        args.seed,
-        steps=args.steps,
-        sampler=args.sampler,
-        grid=args.grid,
-        top_p=args.top_p,
-        categorical=args.categorical,
-        precision=args.precision,
-        length=args.length,
-        prompt=args.prompt,
-        infill=args.infill,
-        hole=args.hole,
-    )
-    for i, text in enumerate(out.texts):
-        print(f"=== sample {i} ===\n{text}")
+    if images:
+        written, nfe, preview = sample_images(run, args, options)
+        print(preview)
+        for path in written:
+            print(f"md4: wrote {path}", file=sys.stderr)
+        count = args.num if not args.per_class else args.per_class * run.model.num_classes
+    else:
+        out = sample_text(
+            run,
+            args.num,
+            args.seed,
+            length=args.length,
+            prompt=args.prompt,
+            infill=args.infill,
+            hole=args.hole,
+            **options,
+        )
+        for i, text in enumerate(out.texts):
+            print(f"=== sample {i} ===\n{text}")
+        nfe, count = out.nfe, len(out.texts)
     how = f"{args.steps} {args.grid} steps" if SAMPLERS[args.sampler].uses_grid else "no grid"
     print(
-        f"md4: {len(out.texts)} samples, {args.sampler} sampler, {how}, {out.nfe} network calls, "
-        f"{time.time() - start:.1f} s",
+        f"md4: {count} samples, {args.sampler} sampler, {how}, {nfe} network calls, {time.time() - start:.1f} s",
         file=sys.stderr,
     )
     return 0
@@ -117,6 +183,7 @@ def cmd_sample(args) -> int:
 
 # ------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
+    from md4.data import ImageCodec
     from md4.evaluate import estimate_nelbo, held_out_batches
     from md4.run import load_run
 
@@ -125,7 +192,8 @@ def cmd_eval(args) -> int:
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     batch_size = args.batch_size or run.config.train.batch_size
     weights = "raw" if args.no_ema else "EMA"
-    results = {"run": str(args.run), "step": run.step, "split": args.split, "weights": weights}
+    unit = "dim" if isinstance(run.codec, ImageCodec) else "token"  # bits per dimension for images
+    results = {"run": str(args.run), "step": run.step, "split": args.split, "weights": weights, "unit": unit}
     bounds = [("continuous", None)]
     if run.model.discrete_bound:
         bounds.append((f"discrete T={args.steps}", args.steps))
@@ -140,7 +208,7 @@ def cmd_eval(args) -> int:
         results["continuous" if steps is None else "discrete"] = est.to_dict()
         if not args.json:
             print(
-                f"{label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/token, "
+                f"{label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/{unit}, "
                 f"perplexity <= {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "
                 f"{est.draws} draws each, seed {args.seed})"
             )
@@ -151,15 +219,18 @@ def cmd_eval(args) -> int:
 
 # ------------------------------------------------------- data and presets
 def cmd_data(args) -> int:
-    from md4.data import prepare, recipe_descriptions
+    from md4.data import dataset_of, prepare, recipe_descriptions
 
     if args.action == "list":
         for name, text in recipe_descriptions().items():
             print(f"{name:20s} {text}")
         return 0
-    prepared = prepare(args.name)
+    prepared = prepare(args.name, levels=args.levels)
+    dataset = dataset_of(prepared, seq_len=1)
+    unit = "tokens" if dataset.data_shape == (1,) else f"examples of {'x'.join(map(str, dataset.data_shape))}"
     sizes = ", ".join(f"{k} {len(v):,}" for k, v in prepared.splits.items())
-    print(f"{prepared.name}: vocabulary {prepared.tokenizer.vocab_size}; tokens: {sizes}")
+    classes = f"; {dataset.num_classes} classes" if dataset.num_classes else ""
+    print(f"{prepared.name}: vocabulary {dataset.vocab_size}{classes}; {unit}: {sizes}")
     return 0
 
 
@@ -314,6 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="text the samples start with (kept fixed)")
     p.add_argument("--infill", help="text with holes to fill, e.g. 'To be, or ___ to be'; other tokens stay fixed")
     p.add_argument("--hole", default="_", help="the hole character for --infill (default: %(default)s)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance of a class-conditional model: 1 conditions, 0 ignores the labels, "
+        "> 1 follows them more closely (default: %(default)s)",
+    )
+    p.add_argument("--per-class", type=int, help="images: this many samples of each class, one row per class")
+    p.add_argument("--infill-image", help="images: a PNG of the model's size whose --mask region is filled in")
+    p.add_argument(
+        "--mask",
+        default="bottom-half",
+        help="images: the region to fill: bottom-half, top-half, left-half, right-half, center or random:F "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--out", help="images: the PNG to write (default: RUN/samples/sample.png)")
+    p.add_argument("--strip", action="store_true", help="images: also write the reverse process as OUT-strip.png")
+    p.add_argument("--scale", type=int, default=4, help="images: pixel size in the PNG (default: %(default)s)")
     add_model_options(p)
     p.set_defaults(func=cmd_sample)
 
@@ -346,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="list or prepare")
     data_sub.add_parser("list", help="the dataset recipes")
     prep = data_sub.add_parser("prepare", help="download/tokenise a dataset into the cache (MD4_CACHE_DIR)")
-    prep.add_argument("name", help="a recipe name, hf:NAME[:CONFIG], or a text file/folder")
+    prep.add_argument("name", help="a recipe name, hf:NAME[:CONFIG], images:PATH[:HxW], or a text file/folder")
+    prep.add_argument("--levels", type=int, help="images: quantise each sub-pixel to this many levels")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser(

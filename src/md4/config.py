@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from md4 import models
-from md4.data import canonical_name, recipe_vocab_size
+from md4.data import (
+    canonical_name,
+    is_image_recipe,
+    recipe_image_shape,
+    recipe_num_classes,
+    recipe_vocab_size,
+)
 from md4.device import PRECISIONS
 from md4.sampling import DEFAULT_STEPS
 
@@ -39,10 +45,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Which corpus (a recipe name, ``hf:NAME`` or a path) and the sequence length."""
+    """Which data (a recipe name, ``hf:NAME``, ``images:PATH`` or a path), the sequence length of text, and the
+    number of levels pixels are quantised to (None: the data's own)."""
 
     name: str = "shakespeare"
     seq_len: int = 256
+    levels: int | None = None
 
 
 @dataclass
@@ -247,9 +255,17 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 def data_spec_guess(config: Config) -> models.DataSpec:
-    """The data spec as far as the config alone tells it: the recipe's known vocabulary (else 2)."""
-    vocab = recipe_vocab_size(config.data.name) or 2
-    return models.DataSpec(vocab, (config.data.seq_len,))
+    """The data spec as far as the config alone tells it, before any data is read: the recipe's vocabulary,
+    example shape and classes where the recipe knows them; otherwise a vocabulary of 2, (seq_len,), and, for a
+    conditional model of data md4 cannot see yet, 2 classes."""
+    name, levels = config.data.name, config.data.levels
+    vocab = recipe_vocab_size(name, levels) or 2
+    shape = recipe_image_shape(name, levels) or (config.data.seq_len,)
+    classes = recipe_num_classes(name)
+    unknown = recipe_vocab_size(name, levels) is None and not Path(name).exists()
+    if classes is None and unknown and config.model.get("conditional"):
+        classes = 2
+    return models.DataSpec(vocab, tuple(shape), classes)
 
 
 def validate(config: Config) -> None:
@@ -291,6 +307,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}.")
     if config.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be positive, got {config.data.seq_len}.")
+    if config.data.levels is not None and not is_image_recipe(config.data.name):
+        raise ConfigError(f"data.levels quantises images, but {config.data.name} is text; leave data.levels out.")
+    if config.data.levels is not None and not 2 <= config.data.levels <= 256:
+        raise ConfigError(f"data.levels must be in 2..256, got {config.data.levels}.")
     spec = data_spec_guess(config)
     for section, check in (
         ("model", lambda: models.model_options(config.model)),

@@ -42,23 +42,47 @@ def antithetic_times(batch_size: int, device=None, generator: torch.Generator | 
 
 
 @dataclass
-class MD4Options:
-    """The ``[model]`` options of ``kind = "md4"``: the masking schedule and its clamp eps."""
+class ConditioningOptions:
+    """The ``[model]`` options every kind shares: class conditioning with classifier-free guidance."""
+
+    conditional: bool = False  # condition on the data's class labels
+    label_dropout: float = 0.1  # training: a label becomes the "no label" id with this probability
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
+
+
+@dataclass
+class MD4Options(ConditioningOptions):
+    """The ``[model]`` options of ``kind = "md4"``: the masking schedule and its clamp eps, and conditioning."""
 
     schedule: str = "linear"
     eps: float = DEFAULT_EPS
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         get_schedule(self.schedule, self.eps)  # an unknown name or a bad eps fails here, before any data is read
 
 
 class MaskedDiffusion(nn.Module):
     """What every masked-diffusion kind shares: a denoiser, V real tokens and the mask id V, a schedule module,
-    the data shape, and the shape-checked call of the denoiser that the losses and the samplers use."""
+    the data shape, the shape-checked call of the denoiser that the losses and the samplers use, and class
+    conditioning: ``num_classes`` classes (None: unconditional) plus the "no label" id ``num_classes``, which
+    training puts in place of a label with probability ``label_dropout`` so that sampling can guide
+    (classifier-free guidance)."""
 
     discrete_bound = False  # whether nelbo(x, num_steps=T) gives a discrete-time bound
 
-    def __init__(self, denoiser: Denoiser, vocab_size: int, schedule: nn.Module, data_shape=None):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        vocab_size: int,
+        schedule: nn.Module,
+        data_shape=None,
+        num_classes: int | None = None,
+        label_dropout: float = 0.0,
+    ):
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}.")
@@ -66,6 +90,15 @@ class MaskedDiffusion(nn.Module):
         self.vocab_size = int(vocab_size)
         self.schedule = schedule
         self.data_shape = tuple(data_shape) if data_shape is not None else None
+        self.num_classes = num_classes
+        self.label_dropout = float(label_dropout)
+
+    def training_labels(self, labels: torch.Tensor | None, generator=None) -> torch.Tensor | None:
+        """In training mode, each label becomes the "no label" id with probability ``label_dropout``."""
+        if labels is None or not self.training or self.label_dropout == 0.0 or self.num_classes is None:
+            return labels
+        drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.label_dropout
+        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
     @property
     def mask_id(self) -> int:
@@ -120,6 +153,7 @@ class MD4(MaskedDiffusion):
         eps: the clamp of a schedule given by name (default 1e-4, the release's); a schedule module has its own.
         data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input and used
             by :func:`md4.sample` as the default sample shape.
+        num_classes, label_dropout: class conditioning (see :class:`MaskedDiffusion`).
     """
 
     discrete_bound = True
@@ -131,6 +165,8 @@ class MD4(MaskedDiffusion):
         schedule: str | MaskingSchedule = "linear",
         eps: float | None = None,
         data_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+        label_dropout: float = 0.0,
     ):
         if isinstance(schedule, MaskingSchedule):
             if eps is not None:
@@ -139,12 +175,21 @@ class MD4(MaskedDiffusion):
             schedule = get_schedule(schedule, DEFAULT_EPS if eps is None else eps)
         if schedule.per_token:
             raise ValueError(f"MD4 needs a schedule shared by every token, but {schedule.name} is per token.")
-        super().__init__(denoiser, vocab_size, schedule, data_shape)
+        super().__init__(denoiser, vocab_size, schedule, data_shape, num_classes, label_dropout)
 
     @classmethod
     def build(cls, options: MD4Options, denoiser: Denoiser, spec) -> MD4:
-        """The model of a run: ``options`` from the config's ``[model]`` table, ``spec`` from its data."""
-        return cls(denoiser, spec.vocab_size, options.schedule, options.eps, spec.data_shape)
+        """The model of a run: ``options`` from the config's ``[model]`` table, ``spec`` from its data (its
+        ``num_classes`` is None unless the model is conditional)."""
+        return cls(
+            denoiser,
+            spec.vocab_size,
+            options.schedule,
+            options.eps,
+            spec.data_shape,
+            spec.num_classes,
+            options.label_dropout,
+        )
 
     # -------------------------------------------------------------- forward q
     def forward_sample(
@@ -241,7 +286,7 @@ class MD4(MaskedDiffusion):
 
         Returns the scalar to backpropagate and detached metrics (nats per sequence and bits per token).
         """
-        nelbo = self.nelbo(x, labels=labels, generator=generator)
+        nelbo = self.nelbo(x, labels=self.training_labels(labels, generator), generator=generator)
         num_tokens = x[0].numel()
         loss = nelbo.mean() / num_tokens
         metrics = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from md4.data import Batch, DataError, PreparedData, TokenStream, eval_chunks, load_cached, prepare
+from md4.data import Batch, DataError, dataset_of, eval_chunks, load_cached, prepare
 from md4.data.textfile import read_corpus, text_files
 from md4.device import autocast
 from md4.diffusion import bits_per_token, perplexity
@@ -61,7 +61,7 @@ def estimate_nelbo(
 ) -> BoundEstimate:
     """Average ``draws`` NELBO draws per sequence (fixed seed), then the mean and standard error over sequences.
 
-    ``batches`` yield ``(x, labels or None)``; ``num_steps=None`` estimates the continuous-time bound (paper
+    ``batches`` yield ``(x, labels or None)``; labels reach only a conditional model. ``num_steps=None`` estimates the continuous-time bound (paper
     Eq. 4), an integer T the discrete-time one (Eq. 3).
     """
     if draws < 1:
@@ -72,7 +72,7 @@ def estimate_nelbo(
     tokens = None
     for x, labels in batches:
         x = x.to(device)
-        labels = None if labels is None else labels.to(device)
+        labels = None if labels is None or getattr(model, "num_classes", None) is None else labels.to(device)
         tokens = x[0].numel()
         with autocast(device, precision):
             total = sum(
@@ -107,17 +107,18 @@ def held_out_batches(
         tokens = np.asarray(run.codec.encode(read_corpus(text_files(Path(data)), Path(data))))
         batches = ((x, None) for x in eval_chunks(tokens, seq_len, batch_size, max_chunks))
         return batches, f"{data} (all {len(tokens)} tokens)"
-    prepared = run_data(run) if data is None else prepare(data, seq_len=seq_len)
-    if prepared.tokenizer.to_dict() != run.codec.to_dict():
+    levels = run.config.data.levels
+    prepared = run_data(run) if data is None else prepare(data, seq_len=seq_len, levels=levels)
+    dataset = dataset_of(prepared, seq_len)
+    if dataset.codec.to_dict() != run.codec.to_dict():
         raise DataError(
             f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
             "evaluate on a text file (it is encoded with the model's tokenizer) or the run's own dataset."
         )
-    batches = TokenStream(prepared, seq_len).eval_batches(split, batch_size, max_batches)
-    return batches, f"{prepared.name} [{split} split]"
+    return dataset.eval_batches(split, batch_size, max_batches), f"{prepared.name} [{split} split]"
 
 
-def run_data(run) -> PreparedData:
+def run_data(run):
     """The prepared data a run was trained on: found in the cache by its content fingerprint (from any working
     directory, even after its source file moved), else prepared again from the source and checked against it."""
     source = run.source

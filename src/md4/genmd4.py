@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import Denoiser, MaskedDiffusion, antithetic_times, bits_per_token
+from .diffusion import ConditioningOptions, Denoiser, MaskedDiffusion, antithetic_times, bits_per_token
 from .schedules import DEFAULT_EPS, TokenPolynomialSchedule
 
 
 @dataclass
-class GenMD4Options:
+class GenMD4Options(ConditioningOptions):
     """The ``[model]`` options of ``kind = "genmd4"``."""
 
     w_init: float = 1.0  # the initial exponent of every token (1: MD4's linear schedule)
@@ -36,6 +36,7 @@ class GenMD4Options:
     theta_lr: float | None = None  # learning rate of the schedule's parameters (None: train.lr)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_t1(self.t1)
         TokenPolynomialSchedule(2, self.w_init, self.eps)  # checks w_init and eps
         if self.theta_lr is not None and not (math.isfinite(self.theta_lr) and self.theta_lr > 0):
@@ -56,6 +57,7 @@ class GenMD4(MaskedDiffusion):
         vocab_size: V; the mask id is V.
         w_init, t1, eps, theta_lr: see :class:`GenMD4Options`.
         data_shape: optional per-example shape, checked on input and the default sample shape.
+        num_classes, label_dropout: class conditioning (see :class:`md4.diffusion.MaskedDiffusion`).
     """
 
     def __init__(
@@ -67,8 +69,11 @@ class GenMD4(MaskedDiffusion):
         eps: float = DEFAULT_EPS,
         data_shape: tuple[int, ...] | None = None,
         theta_lr: float | None = None,
+        num_classes: int | None = None,
+        label_dropout: float = 0.0,
     ):
-        super().__init__(denoiser, vocab_size, TokenPolynomialSchedule(vocab_size, w_init, eps), data_shape)
+        schedule = TokenPolynomialSchedule(vocab_size, w_init, eps)
+        super().__init__(denoiser, vocab_size, schedule, data_shape, num_classes, label_dropout)
         self.t1 = check_t1(t1)
         self.schedule_lr = theta_lr
 
@@ -76,7 +81,15 @@ class GenMD4(MaskedDiffusion):
     def build(cls, options: GenMD4Options, denoiser: Denoiser, spec) -> GenMD4:
         """The model of a run: ``options`` from the config's ``[model]`` table, ``spec`` from its data."""
         return cls(
-            denoiser, spec.vocab_size, options.w_init, options.t1, options.eps, spec.data_shape, options.theta_lr
+            denoiser,
+            spec.vocab_size,
+            options.w_init,
+            options.t1,
+            options.eps,
+            spec.data_shape,
+            options.theta_lr,
+            spec.num_classes,
+            options.label_dropout,
         )
 
     # ------------------------------------------------------------- forward q
@@ -173,7 +186,7 @@ class GenMD4(MaskedDiffusion):
         ``nelbo``, ``bits_per_token``), the surrogate, and the exponents' min, mean and max."""
         self._check_input(x)
         t = self.times(x.shape[0], x.device, generator)
-        mean, surrogate = self.two_draws(x, t, labels, generator)
+        mean, surrogate = self.two_draws(x, t, self.training_labels(labels, generator), generator)
         recon = self.reconstruction_loss(x)
         nelbo = (1.0 - self.t1) * mean + recon
         surrogate = (1.0 - self.t1) * surrogate + recon

@@ -9,9 +9,9 @@ Adding a kind or a network is one new module plus one line here:
 
 - a kind module defines an options dataclass (validated in ``__post_init__``) and a model class with
   ``build(options, denoiser, spec)``; register it in :data:`MODEL_KINDS`;
-- a network module defines a config dataclass (with ``vocab_size`` and ``num_classes`` fields) and a module
-  built from it, ``Net(config)``, following the denoiser contract ``net(z [B, *shape], t [B], labels=None)
-  -> logits [B, *shape, V]``; register it in :data:`NETWORKS`.
+- a network module defines a config dataclass (with ``vocab_size``, and ``num_classes`` and ``data_shape`` if
+  it uses them) and a module built from it, ``Net(config)``, following the denoiser contract
+  ``net(z [B, *shape], t [B], labels=None) -> logits [B, *shape, V]``; register it in :data:`NETWORKS`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from torch import nn
 from md4.diffusion import MD4, MD4Options
 from md4.genmd4 import GenMD4, GenMD4Options
 from md4.nn.transformer import Transformer, TransformerConfig
+from md4.nn.unet import UNet, UNetConfig
+from md4.nn.uvit import UViT, UViTConfig
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ MODEL_KINDS: dict[str, ModelKind] = {
 }
 NETWORKS: dict[str, Network] = {
     "transformer": Network(TransformerConfig, Transformer),
+    "unet": Network(UNetConfig, UNet),
+    "uvit": Network(UViTConfig, UViT),
 }
-DATA_FIELDS = ("vocab_size", "num_classes")  # network config fields that come from the data, not from [net]
+DATA_FIELDS = ("vocab_size", "num_classes", "data_shape")  # network config fields filled from the data, not [net]
 SELECTORS = ("kind", "net")  # the [model] keys that pick the registry entries
 
 
@@ -117,12 +121,22 @@ def model_options(model: Mapping[str, Any]) -> Any:
 def net_config(model: Mapping[str, Any], net: Mapping[str, Any], spec: DataSpec) -> Any:
     """The network's config dataclass built from a ``[net]`` table and the data (validated on construction)."""
     entry = network(model["net"])
-    return entry.config(**net, vocab_size=spec.vocab_size, num_classes=spec.num_classes)
+    data = {"vocab_size": spec.vocab_size, "num_classes": spec.num_classes, "data_shape": tuple(spec.data_shape)}
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    return entry.config(**net, **{k: v for k, v in data.items() if k in fields})
+
+
+def model_spec(options: Any, spec: DataSpec) -> DataSpec:
+    """The spec the model sees: the data's classes only when the model is conditional."""
+    if options.conditional and spec.num_classes is None:
+        raise ValueError("model.conditional=true needs labelled data, but this data has no classes.")
+    return spec if options.conditional else dataclasses.replace(spec, num_classes=None)
 
 
 def build_model(config, spec: DataSpec) -> nn.Module:
     """The model a config describes, for data described by ``spec``: kind(options, network(net config))."""
     options = model_options(config.model)
+    spec = model_spec(options, spec)
     denoiser = network(config.model["net"]).build(net_config(config.model, config.net, spec))
     return model_kind(config.model["kind"]).build(options, denoiser, spec)
 

@@ -12,8 +12,8 @@ change. Each sampler name maps to one complete sampler in :data:`SAMPLERS`:
 - ``ancestral``: one draw over the V + 1 outcomes per masked position on a time grid (the release's default);
 - ``top_p``: the ancestral step on the nucleus of mu (release default p = 0.98);
 - ``mean``: draw x0 ~ mu, then unmask it with the step's probability (paper App. G);
-- ``exact``: first-hitting sampling: draw each next unmasking time directly, one network call per token and
-  no discretisation error.
+- ``exact``: first-hitting sampling: draw each next unmasking time directly (one network call per token for
+  MD4; thinning for GenMD4's per-token rates), with no discretisation error.
 
 Time grids are ``uniform`` or ``cosine``. Categorical draws are exact in float64 by default (inverse CDF);
 ``categorical="float32-gumbel"`` uses float32 Gumbel-max like the JAX release, which can never pick tokens
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -51,10 +51,12 @@ class Diffusion(Protocol):
 
 @dataclass
 class SampleOutput:
-    """Samples with no mask id left, and the number of denoiser calls (NFE) made."""
+    """Samples with no mask id left, the number of denoiser calls (NFE) made, and, if asked for, snapshots of
+    the reverse process from z_1 to the samples (mask ids included)."""
 
     tokens: torch.Tensor
     nfe: int
+    trajectory: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,23 +140,55 @@ class Network:
     A time-independent denoiser (the optimal one is, paper Sec. 3) gives the same mu for the same z at any t,
     so a call with z unchanged since the previous one reuses its output: grid steps that unmask nothing then
     cost no network call.
+
+    Classifier-free guidance mixes the logits with and without the labels, ``l(none) + guidance * (l(labels) -
+    l(none))`` ("none" is the model's "no label" id): 1 is plain conditioning, 0 ignores the labels, and more
+    than 1 follows them more closely. Both are computed in one call on a doubled batch.
     """
 
-    def __init__(self, model: Diffusion, labels: torch.Tensor | None, categorical_method: str):
-        self.model, self.labels = model, labels
+    def __init__(self, model: Diffusion, labels: torch.Tensor | None, categorical_method: str, guidance: float = 1.0):
+        self.model, self.labels, self.guidance = model, labels, float(guidance)
+        if self.guidance != 1.0:
+            if labels is None or getattr(model, "num_classes", None) is None:
+                raise ValueError("Guidance needs a class-conditional model and labels; pass labels or guidance=1.")
+            self.unlabelled = torch.full_like(labels, model.num_classes)
+            if self.guidance == 0.0:  # exactly the unconditional model
+                self.labels, self.guidance = self.unlabelled, 1.0
         self.dtype = torch.float64 if categorical_method == "float64" else torch.float32
         self.reuse = bool(model.time_independent)
         self.nfe = 0
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def _logits(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.guidance == 1.0:
+            return self.model.logits(z, t, self.labels)
+        both = self.model.logits(torch.cat([z, z]), torch.cat([t, t]), torch.cat([self.labels, self.unlabelled]))
+        labelled, unlabelled = both.to(self.dtype).chunk(2)
+        return unlabelled + self.guidance * (labelled - unlabelled)
+
     def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.reuse and self._last is not None and torch.equal(self._last[0], z):
             return self._last[1]
-        logits = self.model.logits(z, t.float(), self.labels)
+        logits = self._logits(z, t.float())
         self.nfe += 1
         probs = F.softmax(logits.to(self.dtype), dim=-1)
         self._last = (z.clone(), probs)
         return probs
+
+
+class Trajectory:
+    """Snapshots of z_t on the way to the sample: whenever the unmasked fraction passes k / (n - 1)."""
+
+    def __init__(self, count: int, mask_id: int):
+        self.count, self.mask_id = count, mask_id
+        self.states: list[torch.Tensor] = []
+
+    def __call__(self, z: torch.Tensor) -> None:
+        if self.count < 2:
+            return
+        done = float((z != self.mask_id).double().mean())
+        while len(self.states) < self.count and done >= len(self.states) / (self.count - 1) - 1e-12:
+            self.states.append(z.clone())
 
 
 # ---------------------------------------------------------------- step rules
@@ -194,9 +228,9 @@ class Sampler(ABC):
 
     @abstractmethod
     def run(
-        self, net: Network, schedule, z: torch.Tensor, mask_id: int, options: SamplingOptions, generator
+        self, net: Network, schedule, z: torch.Tensor, mask_id: int, options: SamplingOptions, generator, observe
     ) -> torch.Tensor:
-        """The final tokens (no mask id left); ``net`` counts the network calls."""
+        """The final tokens (no mask id left); ``net`` counts the network calls; ``observe(z)`` sees every state."""
 
 
 class GridSampler(Sampler):
@@ -210,10 +244,11 @@ class GridSampler(Sampler):
     ):
         self.step, self.description, self.truncate = step, description, truncate
 
-    def run(self, net, schedule, z, mask_id, options, generator):
+    def run(self, net, schedule, z, mask_id, options, generator, observe):
         times = time_grid(options.steps, options.grid, device=z.device)
         alphas = schedule.alpha(times)  # [T + 1] or [T + 1, V], float64
         batch = z.shape[0]
+        observe(z)
         for i in range(options.steps):
             masked = z == mask_id
             if not masked.any():
@@ -222,9 +257,11 @@ class GridSampler(Sampler):
             if self.truncate is not None:
                 mu = self.truncate(mu, options)
             z[masked] = self.step(mu, alphas[i + 1], alphas[i], mask_id, generator, options.categorical)
+            observe(z)
         masked = z == mask_id
         if masked.any():
             z[masked] = net(z, times[-1].expand(batch))[masked].argmax(-1)
+            observe(z)
         return z
 
 
@@ -275,9 +312,11 @@ class ExactSampler(Sampler):
                 f"{schedule.name}; use the ancestral sampler."
             )
 
-    def run(self, net, schedule, z, mask_id, options, generator):
+    def run(self, net, schedule, z, mask_id, options, generator, observe):
+        observe(z)
         if schedule.per_token:
-            return self._run_per_token(net, schedule.exponents.detach().double(), z, mask_id, options, generator)
+            w = schedule.exponents.detach().double()
+            return self._run_per_token(net, w, z, mask_id, options, generator, observe)
         batch = z.shape[0]
         t = torch.ones(batch, dtype=torch.float64, device=z.device)
         while True:
@@ -292,9 +331,10 @@ class ExactSampler(Sampler):
             choice = categorical(masked.double(), generator, "float64")  # uniform among the masked positions
             token = categorical(probs[torch.arange(batch, device=z.device), choice], generator, options.categorical)
             z = _unmask(z, active, choice, token)
+            observe(z)
 
     @staticmethod
-    def _run_per_token(net, w, z, mask_id, options, generator):
+    def _run_per_token(net, w, z, mask_id, options, generator, observe):
         batch = z.shape[0]
         w_max = float(w.max())
         t = torch.ones(batch, dtype=torch.float64, device=z.device)
@@ -316,6 +356,7 @@ class ExactSampler(Sampler):
                 choice = categorical(rates, generator, "float64")
                 token = categorical(probs[rows, choice] * w, generator, options.categorical)
                 z = _unmask(z, accepted, choice, token)
+                observe(z)
 
 
 def _unmask(z: torch.Tensor, rows: torch.Tensor, position: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
@@ -375,6 +416,8 @@ def sample(
     categorical: str = "float64",
     init: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    snapshots: int = 0,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     device: torch.device | str | None = None,
@@ -391,7 +434,10 @@ def sample(
         categorical: ``float64`` (exact draws) or ``float32-gumbel`` (the release's truncating draws).
         init: conditioning: tokens [B, *data_shape] that stay fixed, with the mask id V at positions to generate
             (see :func:`prefix_init` for a prefix; any pattern of holes gives infilling). Replaces num_samples.
-        labels: class labels [B] passed to the denoiser.
+        labels: class labels [B] for a class-conditional model.
+        guidance: classifier-free guidance weight: 1 conditions on the labels, 0 ignores them, > 1 follows them
+            more closely (needs a model trained with label dropout).
+        snapshots: keep this many states of the reverse process, from all-mask to the samples (for a picture).
         generator / seed: the source of randomness (one of them, or neither for the global RNG).
 
     Returns:
@@ -417,7 +463,8 @@ def sample(
             raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
         device = torch.device(device) if device is not None else _model_device(model)
         z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
-    net = Network(model, labels, options.categorical)
+    net = Network(model, labels, options.categorical, guidance)
     generator = _resolve_generator(generator, seed, z.device)
-    tokens = chosen.run(net, model.schedule, z, mask_id, options, generator)
-    return SampleOutput(tokens=tokens, nfe=net.nfe)
+    trajectory = Trajectory(snapshots, mask_id)
+    tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, trajectory)
+    return SampleOutput(tokens=tokens, nfe=net.nfe, trajectory=trajectory.states)

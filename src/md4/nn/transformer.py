@@ -8,8 +8,9 @@ sinusoidal embedding of ``1000 * t``, a final adaLN and a zero-initialised logit
 :meth:`TransformerConfig.release_openwebtext` build the release's networks layer for layer; the defaults are
 md4's own variant (see docs/guide.md).
 
-Contract: ``model(z_t [B, *shape], t [B]) -> logits [B, *shape, V]``; the mask id is ``V``, so ``V + 1`` ids
-are embedded and ``V`` logits are returned.
+Contract: ``model(z_t [B, *shape], t [B], labels=None) -> logits [B, *shape, V]``; the mask id is ``V``, so
+``V + 1`` ids are embedded and ``V`` logits are returned. A class-conditional network embeds ``num_classes + 1``
+label ids: the last, ``num_classes``, means "no label" (for classifier-free guidance).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class TransformerConfig:
     mlp_hidden_multiple: int = 32
     time_conditioning: str = "adaln_zero"
     num_classes: int | None = None
+    # The shape of one example (filled from the data); used only by axial_positions.
+    data_shape: tuple[int, ...] | None = None
     outside_embed_dim: int | None = None
     dropout: float = 0.0
     rope_theta: float = 10000.0
@@ -52,6 +55,9 @@ class TransformerConfig:
     # cannot tell positions apart in an all-mask input, so position-dependent data (pixels, fixed
     # layouts) needs it; stationary text does not.
     max_positions: int | None = None
+    # Optional learned positions per axis of data_shape (e.g. H, W and C tables for an image), summed and
+    # added to the token embeddings: a 2-D position encoding for pixels. Inputs must then have data_shape.
+    axial_positions: bool = False
     # Width of the conditioning vector feeding adaLN (None: dim; release: 64). At full width the per-block
     # modulation (cond_dim -> 6 dim) is about a third of a 12 x 768 model's parameters.
     cond_dim: int | None = None
@@ -109,6 +115,12 @@ class TransformerConfig:
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.data_shape is not None:
+            self.data_shape = tuple(self.data_shape)
+            if not self.data_shape or min(self.data_shape) < 1:
+                raise ValueError(f"data_shape must be a tuple of positive sizes, got {self.data_shape}.")
+        if self.axial_positions and self.data_shape is None:
+            raise ValueError("axial_positions=True needs data_shape, the shape of one example; set it from the data.")
 
     @property
     def head_dim(self) -> int:
@@ -317,7 +329,8 @@ def _lecun_normal_(weight: torch.Tensor, scale: float = 1.0) -> None:
 class Transformer(nn.Module):
     """MD4 bidirectional denoiser: ``(z_t [B, *shape], t [B]) -> logits [B, *shape, V]``.
 
-    Any trailing shape (text ``[B, L]``, pixels ``[B, H, W, C]``) is flattened into one sequence.
+    Any trailing shape (text ``[B, L]``, pixels ``[B, H, W, C]``) is flattened into one sequence; with
+    ``axial_positions`` each position also gets the sum of learned per-axis embeddings of its coordinates.
     With ``time_conditioning="none"`` the output ignores ``t`` (``time_independent``), which lets
     samplers cache logits between steps where nothing was unmasked.
     """
@@ -338,6 +351,9 @@ class Transformer(nn.Module):
             )
         self.embed_dropout = nn.Dropout(config.dropout if config.embed_dropout else 0.0)
         self.position_embed = None if config.max_positions is None else nn.Embedding(config.max_positions, d)
+        self.axial_embed = (
+            nn.ModuleList(nn.Embedding(n, d) for n in config.data_shape) if config.axial_positions else None
+        )
         if self.time_independent:
             self.time_mlp = None
         else:
@@ -347,7 +363,8 @@ class Transformer(nn.Module):
                 nn.SiLU(),
                 nn.Linear(hidden, c, bias=config.cond_bias),
             )
-        self.class_embed = None if config.num_classes is None else nn.Embedding(config.num_classes, c)
+        # num_classes + 1 rows: the last id, num_classes, is "no label" (classifier-free guidance).
+        self.class_embed = None if config.num_classes is None else nn.Embedding(config.num_classes + 1, c)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         if config.conditioned:
             self.final_norm = nn.LayerNorm(d, eps=config.norm_eps, elementwise_affine=False)
@@ -396,6 +413,16 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Total number of parameters."""
         return sum(p.numel() for p in self.parameters())
+
+    def _axial_positions(self) -> torch.Tensor:
+        """``[prod(data_shape), dim]``: at each position, the sum of its coordinates' rows of the axis tables."""
+        shape = self.config.data_shape
+        total = 0
+        for axis, table in enumerate(self.axial_embed):
+            view = [1] * len(shape) + [-1]
+            view[axis] = shape[axis]
+            total = total + table.weight.view(view)
+        return total.reshape(-1, self.config.dim)
 
     def _condition(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         """Conditioning ``[B, conditioning_width]``: time MLP of sinusoidal(1000 t), plus class embedding."""
@@ -449,6 +476,13 @@ class Transformer(nn.Module):
                     f"{self.config.max_positions}; raise max_positions in the model config."
                 )
             x = x + self.position_embed(positions)
+        if self.axial_embed is not None:
+            if tuple(shape) != self.config.data_shape:
+                raise ValueError(
+                    f"The input has example shape {tuple(shape)} but axial positions were built for data_shape="
+                    f"{self.config.data_shape}; pass examples of that shape."
+                )
+            x = x + self._axial_positions()
         x = self.embed_dropout(x)
         c = self._condition(t, labels)
         cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)

@@ -1,0 +1,69 @@
+"""Pictures of image samples: grids with one row per class, the reverse process as a strip, infilling panels.
+
+Masked sub-pixels (the mask id) are drawn in one marker colour, so a strip shows the masks resolving into an
+image. Everything is written as PNG, atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from md4.files import atomic_output
+
+MASK_COLOUR = (230, 40, 150)
+GAP, GAP_VALUE = 2, 128
+
+
+def rgb(codec, tokens: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Tokens [..., H, W, C] (mask ids allowed) as RGB pixels uint8 [..., H, W, 3]; masked pixels in the marker."""
+    tokens = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64)
+    masked = tokens == codec.vocab_size
+    pixels = codec.to_pixels(np.where(masked, 0, tokens))
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    pixels = pixels.copy()
+    pixels[masked.any(-1)] = MASK_COLOUR
+    return pixels
+
+
+def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
+    """Lay out rows of equally sized RGB images [H, W, 3] with grey gaps (short rows are padded)."""
+    h, w, _ = rows[0][0].shape
+    cols = max(len(row) for row in rows)
+    out = np.full((len(rows) * (h + GAP) - GAP, cols * (w + GAP) - GAP, 3), GAP_VALUE, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            out[r * (h + GAP) : r * (h + GAP) + h, c * (w + GAP) : c * (w + GAP) + w] = image
+    return out
+
+
+def save_png(pixels: np.ndarray, path: Path, scale: int = 1) -> Path:
+    """Write RGB pixels [H, W, 3] to ``path``, each pixel repeated ``scale`` times in both directions."""
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return path
+
+
+def rows_of(codec, tokens: torch.Tensor, per_row: int) -> list[list[np.ndarray]]:
+    """Images [N, H, W, C] in rows of ``per_row``."""
+    pictures = list(rgb(codec, tokens))
+    return [pictures[i : i + per_row] for i in range(0, len(pictures), per_row)]
+
+
+def strip(codec, trajectory: list[torch.Tensor], samples: int = 8) -> np.ndarray:
+    """The reverse process: one row per sample (at most ``samples``), one column per snapshot, masks resolving."""
+    frames = [rgb(codec, state[:samples]) for state in trajectory]
+    return tile([[frame[i] for frame in frames] for i in range(len(frames[0]))])
+
+
+def infill_panel(codec, given: torch.Tensor, hole: torch.Tensor, completions: torch.Tensor) -> np.ndarray:
+    """One row: the original, the original with the hole masked, then each completion."""
+    masked = torch.where(hole, torch.full_like(given, codec.vocab_size), given)
+    return tile([[rgb(codec, given), rgb(codec, masked), *rgb(codec, completions)]])
