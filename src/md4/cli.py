@@ -18,6 +18,7 @@ from md4.evaluate import DEFAULT_BOUND_STEPS
 from md4.sampling import CATEGORICAL, DEFAULT_STEPS, GRIDS, SAMPLERS
 
 DEMO_PRESET = "shakespeare-char"
+IMAGE_DEMO_PRESET = "mnist"
 DEMO_PROMPT = "ROMEO:"
 # Exit codes (README, "Exit codes"): 0 done; 1 an unexpected error; 2 bad input, refused or damaged files;
 # 3 training diverged; 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint.
@@ -269,50 +270,56 @@ def cmd_presets(args) -> int:
 
 
 # ------------------------------------------------------------------- demo
-def cmd_demo(args) -> int:
-    """Train the Shakespeare preset, sample (unconditional and prompted), and evaluate on the valid and test splits."""
+def train_demo(preset: str, run_dir: Path, overrides: list[str], progress: bool):
+    """Train (or resume, or reuse) a demo run; the TrainResult."""
     from md4.config import build_config, resume_config
-    from md4.evaluate import estimate_nelbo, held_out_batches
-    from md4.run import is_run, load_run
+    from md4.run import is_run
     from md4.train import build_trainer
 
-    run_dir = Path(args.out)
-    config = build_config(DEMO_PRESET, args.overrides)
-    start = time.time()
     resume = is_run(run_dir)
-    if resume:
-        config = resume_config(run_dir, args.overrides)
-    trainer = build_trainer(config, run_dir, resume, not args.no_progress)
+    config = resume_config(run_dir, overrides) if resume else build_config(preset, overrides)
+    trainer = build_trainer(config, run_dir, resume, progress)
     print(describe(trainer, resume).replace("md4:", "md4 demo:", 1), file=sys.stderr)
-    result = trainer.fit()
+    return trainer.fit()
+
+
+def cmd_demo(args) -> int:
+    """Train a demo preset, sample, and evaluate on the valid and test splits: Shakespeare, or MNIST with --images."""
+    from md4.evaluate import estimate_nelbo, held_out_batches
+    from md4.run import load_run
+
+    run_dir = Path(args.out or ("runs/demo-mnist" if args.images else "runs/demo"))
+    start = time.time()
+    result = train_demo(
+        IMAGE_DEMO_PRESET if args.images else DEMO_PRESET, run_dir, args.overrides, not args.no_progress
+    )
     if result.interrupted:
-        print(f"md4 demo: stopped at step {result.step}; run `md4 demo --out {run_dir}` again to continue.")
+        again = f"md4 demo{' --images' if args.images else ''} --out {run_dir}"
+        print(f"md4 demo: stopped at step {result.step}; run `{again}` again to continue.")
         return EXIT_SIGNAL[result.stopped_by]
     run = load_run(run_dir)
-    steps = config.train.sample_steps
-    (unconditional,) = sample_text(run, 1, seed=0, steps=steps).texts
-    (prompted,) = sample_text(run, 1, seed=1, steps=steps, prompt=DEMO_PROMPT).texts
+    config = run.config
     bounds = {}
     for split in ("valid", "test"):
         batches, name = held_out_batches(run, None, split, config.train.batch_size)
         bounds[split] = estimate_nelbo(run.model, batches, seed=0, precision=config.train.precision)
     valid, test = bounds["valid"], bounds["test"]
+    unit = "dim" if args.images else "char"
     summary = {
         "run_dir": str(run_dir),
         "parameters": sum(p.numel() for p in run.model.parameters()),
-        "wall_seconds": round(time.time() - start, 1),
+        "train_seconds": round(result.seconds, 1),
         "train_tokens_per_second": round(result.tokens_per_second),
-        "valid_bits_per_char": valid.bits_per_token,
-        "test_bits_per_char": test.bits_per_token,
-        "test_bits_per_char_stderr": test.bits_per_token_stderr,
+        f"valid_bits_per_{unit}": valid.bits_per_token,
+        f"test_bits_per_{unit}": test.bits_per_token,
+        f"test_bits_per_{unit}_stderr": test.bits_per_token_stderr,
         "test_sequences": test.num_sequences,
-        "sample_unconditional": unconditional,
-        "sample_prompted": prompted,
     }
+    summary.update(demo_images(run, run_dir) if args.images else demo_texts(run))
+    summary["wall_seconds"] = round(time.time() - start, 1)
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")
     print(
-        f"test bits/char <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {name}; "
+        f"test bits/{unit} <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {name}; "
         f"valid {valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
         f"{result.tokens_per_second:.0f} train tokens/s; {summary['wall_seconds']:.0f} s in all"
     )
@@ -321,6 +328,47 @@ def cmd_demo(args) -> int:
         f"more: md4 sample {run_dir} --num 4, md4 eval {run_dir}"
     )
     return 0
+
+
+def demo_texts(run) -> dict:
+    """The text demo's samples: one unconditional, one prompted; printed and returned for demo.json."""
+    steps = run.config.train.sample_steps
+    (unconditional,) = sample_text(run, 1, seed=0, steps=steps).texts
+    (prompted,) = sample_text(run, 1, seed=1, steps=steps, prompt=DEMO_PROMPT).texts
+    print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")
+    return {"sample_unconditional": unconditional, "sample_prompted": prompted}
+
+
+def demo_images(run, run_dir: Path) -> dict:
+    """The image demo's pictures: a grid with a row per class, the reverse process, an infilled test image."""
+    from md4 import image_outputs as pictures
+    from md4.evaluate import held_out_batches
+    from md4.generate import complete, image_mask
+    from md4.sampling import sample
+
+    codec, model = run.codec, run.model
+    steps = run.config.train.sample_steps
+    per_class = 8
+    labels = class_labels(run, 0, per_class)
+    grid = sample(model, len(labels), labels=labels, steps=steps, grid="cosine", snapshots=8, seed=0)
+    paths = {
+        "class_grid": pictures.save_png(
+            pictures.tile(pictures.rows_of(codec, grid.tokens, per_class)), run_dir / "demo-classes.png", 4
+        ),
+        "strip": pictures.save_png(
+            pictures.strip(codec, [s[::per_class] for s in grid.trajectory]), run_dir / "demo-strip.png", 4
+        ),
+    }
+    (given,), (label,) = next(held_out_batches(run, None, "test", 1)[0])
+    hole = image_mask("bottom-half", codec.data_shape)
+    completed = complete(model, given, hole, 6, labels=label.expand(6).to(labels.device), steps=steps, seed=0)
+    paths["infill"] = pictures.save_png(
+        pictures.infill_panel(codec, given, hole, completed.tokens.cpu()), run_dir / "demo-infill.png", 4
+    )
+    print(f"\n=== a sample of each class ===\n{codec.decode(grid.tokens[0].cpu())}\n")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return {name: str(path) for name, path in paths.items()}
 
 
 # ----------------------------------------------------------------- parser
@@ -456,10 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="the 10-minute CPU demo: train on Shakespeare, sample, evaluate",
-        description="Train the shakespeare-char preset, sample, and evaluate on the test split.",
+        help="the 10-minute CPU demo: train on Shakespeare (or MNIST with --images), sample, evaluate",
+        description="Train the shakespeare-char preset (or mnist), sample, and evaluate on the test split.",
     )
-    p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
+    p.add_argument("--images", action="store_true", help="the image demo: class-conditional MNIST, ~20 minutes")
+    p.add_argument("--out", help="run directory (default: runs/demo, or runs/demo-mnist with --images)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     p.set_defaults(func=cmd_demo)

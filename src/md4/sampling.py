@@ -463,6 +463,15 @@ def sample(
             raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
         device = torch.device(device) if device is not None else _model_device(model)
         z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
+    if labels is not None:
+        classes = getattr(model, "num_classes", None)
+        if classes is None:
+            raise ValueError("Labels were given but the model is not class-conditional; leave them out.")
+        if labels.shape != (z.shape[0],) or int(labels.min()) < 0 or int(labels.max()) > classes:
+            raise ValueError(
+                f"labels must be one class id per sample in 0..{classes - 1} ({classes} means no label), "
+                f"got shape {tuple(labels.shape)} and ids {int(labels.min())}..{int(labels.max())}."
+            )
     net = Network(model, labels, options.categorical, guidance)
     generator = _resolve_generator(generator, seed, z.device)
     trajectory = Trajectory(snapshots, mask_id)
