@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
+from oracle import StateDependentOracle
 
 from md4 import MD4, get_schedule, sample
 from md4.genmd4 import GenMD4, GenMD4Options
 from md4.schedules import TokenPolynomialSchedule
-from oracle import StateDependentOracle
 
 V, D = 3, 3
 

@@ -20,7 +20,6 @@ import torch
 
 from md4.checkpoint import CheckpointError, list_checkpoints, read_checkpoint, save_checkpoint
 from md4.cli import main
-from md4.run import RunLock
 
 TINY = [
     "net.dim=32",

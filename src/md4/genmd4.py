@@ -1,4 +1,4 @@
-"""GenMD4: masked diffusion with a learned per-token schedule (paper Sec. 6), a sibling of :class:`md4.MD4`.
+"""GenMD4: masked diffusion with a learned per-token schedule (the paper's GenMD4), a sibling of :class:`md4.MD4`.
 
 Each token value v has its own schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} with w = softplus(theta) learned
 with the network (:class:`md4.schedules.TokenPolynomialSchedule`). The continuous-time NELBO over t in [t1, 1]

@@ -6,8 +6,8 @@ For s < t and a masked position with mu = softmax(denoiser(z_t, t)):
     p(z_s = m) = sum_v mu[v] (1 - alpha_v(s)) / (1 - alpha_v(t))
 
 With a schedule shared by every token (MD4) alpha_v = alpha and the mask keeps (1 - alpha_s) / (1 - alpha_t);
-a per-token schedule (GenMD4, paper Sec. 6) gives each value its own alpha_v. Unmasked positions never
-change. Each sampler name maps to one complete sampler in :data:`SAMPLERS`:
+a per-token schedule (GenMD4, the paper's state-dependent schedule) gives each value its own alpha_v.
+Unmasked positions never change. Each sampler name maps to one complete sampler in :data:`SAMPLERS`:
 
 - ``ancestral``: one draw over the V + 1 outcomes per masked position on a time grid (the release's default);
 - ``top_p``: the ancestral step on the nucleus of mu (release default p = 0.98);

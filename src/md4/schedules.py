@@ -13,7 +13,7 @@ depend on the schedule except through alpha(0) and alpha(1).
 
 A schedule is an ``nn.Module`` owned by its model, so a learnable schedule's parameters live in
 the state dict, the optimizer and the EMA like any weight. ``alpha(t)`` has the shape of ``t`` for
-the schedules here, which every token shares; a per-token schedule (GenMD4, paper Sec. 6) sets
+the schedules here, which every token shares; a per-token schedule (GenMD4, the paper's state-dependent schedule) sets
 ``per_token = True`` and returns a trailing vocabulary axis ``[..., V]``.
 """
 
@@ -159,7 +159,7 @@ def get_schedule(name: str, eps: float = DEFAULT_EPS) -> MaskingSchedule:
 
 
 class TokenPolynomialSchedule(nn.Module):
-    """GenMD4's learnable per-token schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} (paper Sec. 6), w = softplus(theta).
+    """GenMD4's learnable per-token schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} (GenMD4), w = softplus(theta).
 
     ``alpha(t)`` returns ``[*t.shape, V]``. There is no eps offset at t = 0 (alpha_v(0) = 1); GenMD4 instead
     integrates over t in [t1, 1] and adds a reconstruction term at t1. The loss weight is
