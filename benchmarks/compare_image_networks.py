@@ -62,17 +62,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    results = []
-    for name, overrides in CANDIDATES.items():
-        if args.only and name not in args.only:
-            continue
+    chosen = {name: o for name, o in CANDIDATES.items() if not args.only or name in args.only}
+    # Every candidate is timed before any trains, so the budgets are measured under the same load.
+    budgets = {}
+    for name, overrides in chosen.items():
         run_dir = out / name
         if is_run(run_dir):
-            config = json.loads((run_dir / "config.json").read_text())
-            steps = config["train"]["steps"]
+            budgets[name] = json.loads((run_dir / "config.json").read_text())["train"]["steps"]
         else:
-            step_seconds = seconds_per_step(args.preset, overrides)
-            steps = int(args.minutes * 60 / step_seconds)
+            budgets[name] = int(args.minutes * 60 / seconds_per_step(args.preset, overrides))
+    results = []
+    for name, overrides in chosen.items():
+        run_dir, steps = out / name, budgets[name]
         config = build_config(args.preset, [*overrides, f"train.steps={steps}"])
         started = time.time()
         result = build_trainer(config, run_dir, resume=is_run(run_dir), progress=False).fit()

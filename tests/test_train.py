@@ -203,7 +203,8 @@ def test_ema_update_is_an_exponential_average():
 
 
 def test_grad_accumulation_averages_micro_batches(corpus, tmp_path):
-    """With grad_accum = 2 the step's gradient is the mean of the two micro-batch gradients (not their sum)."""
+    """With grad_accum = 2 the step's batch of 4 is two micro-batches of 2, and the gradient is the mean of
+    their gradients (not their sum)."""
     config = tiny_config(corpus, "train.grad_accum=2", "train.grad_clip=0", "train.precision=fp32")
     data = TokenStream(prepare(str(corpus)), 32)
     torch.manual_seed(0)
@@ -218,17 +219,16 @@ def test_grad_accumulation_averages_micro_batches(corpus, tmp_path):
         return step(*args, **kwargs)
 
     trainer.optimizer.step = capture
-    data_state = trainer.data_generator.get_state()
-    torch.manual_seed(5)
+    data_state, noise_state = trainer.data_generator.get_state(), trainer.noise_generator.get_state()
     trainer.train_step()
-    assert trainer.tokens_seen == 2 * 4 * 32
+    assert trainer.tokens_seen == 4 * 32  # train.batch_size is the whole step's batch
 
-    torch.manual_seed(5)  # replay the same two micro-batches, data and noise, by hand
-    generator = torch.Generator().manual_seed(0)
-    generator.set_state(data_state)
+    data_generator, noise_generator = torch.Generator(), torch.Generator()  # replay the two micro-batches by hand
+    data_generator.set_state(data_state)
+    noise_generator.set_state(noise_state)
     for _ in range(2):
-        x, labels = data.train_batch(4, generator)
-        reference.loss(x, labels=labels)[0].backward()
+        x, labels = data.train_batch(2, data_generator)
+        reference.loss(x, labels=labels, generator=noise_generator)[0].backward()
     for name, p in reference.named_parameters():
         if p.grad is not None and p.grad.abs().max() > 0:
             assert torch.allclose(seen[name], p.grad / 2, atol=1e-7, rtol=1e-5), name

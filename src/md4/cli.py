@@ -21,7 +21,8 @@ DEMO_PRESET = "shakespeare-char"
 IMAGE_DEMO_PRESET = "mnist"
 DEMO_PROMPT = "ROMEO:"
 # Exit codes (README, "Exit codes"): 0 done; 1 an unexpected error; 2 bad input, refused or damaged files;
-# 3 training diverged; 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint.
+# 3 training diverged; 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint (0 under torchrun,
+# where the ranks agree to stop, so that torchrun neither reports a failure nor restarts the workers).
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -44,21 +45,38 @@ def describe(trainer, resume: bool) -> str:
     )
 
 
-def report(result, run_dir: Path, unit: str = "token") -> int:
+def report(result, run_dir: Path, unit: str = "token", processes: int = 1) -> int:
     """Print how training ended and return the exit code."""
     state = f"stopped by {result.stopped_by} at" if result.stopped_by else "finished at"
+    everyone = f" (all {processes} processes)" if processes > 1 else ""
     valid = "n/a" if result.valid_bits_per_token is None else f"{result.valid_bits_per_token:.4f}"
     print(
-        f"md4: {state} step {result.step} in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+        f"md4: {state} step {result.step}{everyone} in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
         f"valid bits/{unit} {valid}; checkpoint in {run_dir}/checkpoints"
     )
     return EXIT_SIGNAL.get(result.stopped_by, 0)
 
 
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` or ``option=VALUE``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
 def cmd_train(args) -> int:
+    from md4 import distributed
     from md4.config import build_config, resume_config
     from md4.train import build_trainer
 
+    if args.nproc is not None and not distributed.launched_by_torchrun():
+        return distributed.launch(args.nproc, without_option(args.argv, "--nproc"))
     run_dir = Path(args.out or f"runs/{args.preset}")
     if args.checkpoint is not None and not args.resume:
         raise ValueError("--checkpoint picks the checkpoint to resume from; pass it with --resume.")
@@ -68,9 +86,20 @@ def cmd_train(args) -> int:
         config = build_config(args.preset, args.overrides, data=args.data)
     from md4.data import ImageCodec
 
-    trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint)
-    print(describe(trainer, args.resume), file=sys.stderr)
-    return report(trainer.fit(), run_dir, "dim" if isinstance(trainer.data.codec, ImageCodec) else "token")
+    world = distributed.connect(config.train.device, config.train.dist_timeout)
+    try:
+        if not world.is_main:
+            warnings.simplefilter("ignore")  # rank 0 speaks for the run
+        trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint, world)
+        if world.is_main:
+            print(describe(trainer, args.resume), file=sys.stderr)
+        result = trainer.fit()
+    finally:
+        distributed.disconnect()
+    if not world.is_main:
+        return 0
+    code = report(result, run_dir, "dim" if isinstance(trainer.data.codec, ImageCodec) else "token", world.size)
+    return 0 if world.distributed and result.interrupted else code
 
 
 # ----------------------------------------------------------------- sample
@@ -398,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (runs torchrun --standalone --nproc_per_node N -m md4 train)",
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -525,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = show_warning

@@ -31,6 +31,7 @@ from md4.data import (
     recipe_vocab_size,
 )
 from md4.device import PRECISIONS
+from md4.distributed import PARALLEL_MODES
 from md4.sampling import DEFAULT_STEPS
 
 if sys.version_info >= (3, 11):
@@ -58,8 +59,8 @@ class TrainConfig:
     """Optimisation, precision, run control and periodic outputs."""
 
     steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
+    batch_size: int = 32  # the global batch of one optimizer step, over all processes and micro-batches
+    grad_accum: int = 1  # micro-batches per step: each is batch_size / (processes x grad_accum) rows per process
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -73,6 +74,8 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     seed: int = 0
+    dist_timeout: int = 1800  # seconds a collective waits for a silent process before failing (several processes)
+    parallel: str = "ddp"  # with several processes: "ddp" replicates the model, "fsdp" shards it (FSDP2)
     log_every: int = 10
     eval_every: int = 250
     eval_batches: int = 8
@@ -288,9 +291,17 @@ def validate(config: Config) -> None:
         "sample_steps",
         "checkpoint_every",
         "keep_checkpoints",
+        "dist_timeout",
     ):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {getattr(t, key)}.")
+    if t.parallel not in PARALLEL_MODES:
+        raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {t.parallel!r}.")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is the whole batch of a step, split into train.grad_accum={t.grad_accum} "
+            f"micro-batches, so it must be a multiple of {t.grad_accum}."
+        )
     if not (math.isfinite(t.lr) and t.lr > 0):
         raise ConfigError(f"train.lr must be a positive finite number, got {t.lr}.")
     for key, low, high in (("ema_decay", 0.0, 1.0), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0)):

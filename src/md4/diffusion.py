@@ -35,10 +35,35 @@ def perplexity(nelbo: torch.Tensor | float, num_tokens: int) -> torch.Tensor | f
     return math.exp(nelbo / num_tokens)
 
 
-def antithetic_times(batch_size: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Low-discrepancy times t_i = (u + i / B) mod 1, u ~ U(0, 1) (paper App. E)."""
+@dataclass(frozen=True)
+class BatchShard:
+    """This process's rows ``[start, start + size)`` of a batch of ``total`` rows split over processes.
+
+    The noise of a training batch is drawn for all ``total`` rows from a generator every process seeds alike,
+    and each process keeps its rows, so N processes see exactly the noise one process would (the randomness
+    layout of distributed training; :mod:`md4.distributed`).
+    """
+
+    start: int
+    total: int
+
+
+def uniform_rows(shape, device=None, generator: torch.Generator | None = None, shard: BatchShard | None = None):
+    """U(0, 1) draws of ``shape`` [B, ...]: a shard's rows of the whole batch's draws when ``shard`` is given."""
+    if shard is None:
+        return torch.rand(shape, device=device, generator=generator)
+    whole = torch.rand((shard.total, *shape[1:]), device=device, generator=generator)
+    return whole[shard.start : shard.start + shape[0]]
+
+
+def antithetic_times(
+    batch_size: int, device=None, generator: torch.Generator | None = None, shard: BatchShard | None = None
+) -> torch.Tensor:
+    """Low-discrepancy times t_i = (u + i / B) mod 1, u ~ U(0, 1) (paper App. E), laid over a whole sharded
+    batch of B = ``shard.total`` rows when ``shard`` is given (row i of this process is row start + i)."""
     u = torch.rand((), device=device, generator=generator)
-    return torch.remainder(u + torch.arange(batch_size, device=device) / batch_size, 1.0)
+    start, total = (0, batch_size) if shard is None else (shard.start, shard.total)
+    return torch.remainder(u + torch.arange(start, start + batch_size, device=device) / total, 1.0)
 
 
 @dataclass
@@ -93,11 +118,17 @@ class MaskedDiffusion(nn.Module):
         self.num_classes = num_classes
         self.label_dropout = float(label_dropout)
 
-    def training_labels(self, labels: torch.Tensor | None, generator=None) -> torch.Tensor | None:
+    def forward(self, x: torch.Tensor, labels=None, generator=None, shard: BatchShard | None = None):
+        """The training objective, :meth:`loss`: what DistributedDataParallel calls when it wraps the model."""
+        return self.loss(x, labels=labels, generator=generator, shard=shard)
+
+    def training_labels(
+        self, labels: torch.Tensor | None, generator=None, shard: BatchShard | None = None
+    ) -> torch.Tensor | None:
         """In training mode, each label becomes the "no label" id with probability ``label_dropout``."""
         if labels is None or not self.training or self.label_dropout == 0.0 or self.num_classes is None:
             return labels
-        drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.label_dropout
+        drop = uniform_rows(labels.shape, labels.device, generator, shard) < self.label_dropout
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
     @property
@@ -193,11 +224,15 @@ class MD4(MaskedDiffusion):
 
     # -------------------------------------------------------------- forward q
     def forward_sample(
-        self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """Draw z_t ~ q(z_t | x): keep each token with probability alpha(t), else mask (paper Sec. 2)."""
         alpha = self._expand(self.schedule.alpha(t.double()).float(), x)
-        keep = torch.rand(x.shape, device=x.device, generator=generator) < alpha
+        keep = uniform_rows(x.shape, x.device, generator, shard) < alpha
         return torch.where(keep, x, torch.full_like(x, self.mask_id))
 
     def _masked_log_likelihood(self, x, z, t, labels):
@@ -213,6 +248,7 @@ class MD4(MaskedDiffusion):
         t: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """One-sample estimate of the diffusion term of L_inf (paper Eq. 4), nats per sequence [B].
 
@@ -220,9 +256,9 @@ class MD4(MaskedDiffusion):
         """
         self._check_input(x)
         if t is None:
-            t = antithetic_times(x.shape[0], x.device, generator)
+            t = antithetic_times(x.shape[0], x.device, generator, shard)
         self._check_times(t, x.shape[0])
-        z = self.forward_sample(x, t, generator)
+        z = self.forward_sample(x, t, generator, shard)
         weight = self.schedule.weight(t.double()).float()
         return weight * self._masked_log_likelihood(x, z, t.float(), labels)
 
@@ -263,6 +299,7 @@ class MD4(MaskedDiffusion):
         labels: torch.Tensor | None = None,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """One Monte-Carlo draw of the NELBO in nats per sequence [B].
 
@@ -271,8 +308,10 @@ class MD4(MaskedDiffusion):
         as in the release.
         """
         if num_steps is None:
-            diffusion = self.continuous_loss(x, labels=labels, generator=generator)
+            diffusion = self.continuous_loss(x, labels=labels, generator=generator, shard=shard)
         else:
+            if shard is not None:
+                raise ValueError("The discrete-time bound is for evaluation; draw it without a shard.")
             diffusion = self.discrete_loss(x, num_steps, labels=labels, generator=generator)
         return diffusion + self.reconstruction_loss(x)
 
@@ -281,12 +320,15 @@ class MD4(MaskedDiffusion):
         x: torch.Tensor,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training objective: the continuous NELBO averaged over the batch, in nats per token.
 
         Returns the scalar to backpropagate and detached metrics (nats per sequence and bits per token).
+        ``shard``: this process's rows of a batch split over processes (:class:`BatchShard`).
         """
-        nelbo = self.nelbo(x, labels=self.training_labels(labels, generator), generator=generator)
+        labels = self.training_labels(labels, generator, shard)
+        nelbo = self.nelbo(x, labels=labels, generator=generator, shard=shard)
         num_tokens = x[0].numel()
         loss = nelbo.mean() / num_tokens
         metrics = {

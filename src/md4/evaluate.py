@@ -14,6 +14,7 @@ from md4.data import Batch, DataError, dataset_of, eval_chunks, load_cached, pre
 from md4.data.textfile import read_corpus, text_files
 from md4.device import autocast
 from md4.diffusion import bits_per_token, perplexity
+from md4.distributed import World, derived_seed
 
 DEFAULT_BOUND_STEPS = 1000  # T of the discrete-time bound (the paper evaluates with 1000 steps)
 
@@ -58,30 +59,38 @@ def estimate_nelbo(
     num_steps: int | None = None,
     seed: int = 0,
     precision: str = "fp32",
+    world: World | None = None,
 ) -> BoundEstimate:
     """Average ``draws`` NELBO draws per sequence (fixed seed), then the mean and standard error over sequences.
 
-    ``batches`` yield ``(x, labels or None)``; labels reach only a conditional model. ``num_steps=None`` estimates the continuous-time bound (paper
-    Eq. 4), an integer T the discrete-time one (Eq. 3).
+    ``batches`` yield ``(x, labels or None)``; labels reach only a conditional model. ``num_steps=None``
+    estimates the continuous-time bound (paper Eq. 4), an integer T the discrete-time one (Eq. 3).
+    With a ``world`` of several processes each takes every size-th batch and they pool the values: the same
+    estimate as one process.
     """
     if draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws}.")
+    world = world or World()
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    per_sequence = []
+    per_batch: list[tuple[int, torch.Tensor]] = []
     tokens = None
-    for x, labels in batches:
+    for index, (x, labels) in enumerate(batches):
+        tokens = x[0].numel()
+        if index % world.size != world.rank:
+            continue
+        generator = torch.Generator(device=device).manual_seed(derived_seed(seed, index))  # any process, same draws
         x = x.to(device)
         labels = None if labels is None or getattr(model, "num_classes", None) is None else labels.to(device)
-        tokens = x[0].numel()
         with autocast(device, precision):
             total = sum(
                 model.nelbo(x, labels=labels, num_steps=num_steps, generator=generator).double() for _ in range(draws)
             )
-        per_sequence.append(total / draws)
+        per_batch.append((index, (total / draws).cpu()))
     if tokens is None:
         raise ValueError("No evaluation data: the split is empty or shorter than one sequence.")
-    values = torch.cat(per_sequence)
+    if world.distributed:
+        per_batch = sorted(item for rank_items in world.gather(per_batch) for item in rank_items)
+    values = torch.cat([value for _, value in per_batch])
     if not bool(values.isfinite().all()):
         raise ValueError(
             "The bound is not finite for some sequences: the model's weights or the data are broken; "

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import ConditioningOptions, Denoiser, MaskedDiffusion, antithetic_times, bits_per_token
+from .diffusion import (
+    BatchShard,
+    ConditioningOptions,
+    Denoiser,
+    MaskedDiffusion,
+    antithetic_times,
+    bits_per_token,
+    uniform_rows,
+)
 from .schedules import DEFAULT_EPS, TokenPolynomialSchedule
 
 
@@ -93,21 +101,27 @@ class GenMD4(MaskedDiffusion):
         )
 
     # ------------------------------------------------------------- forward q
-    def times(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def times(
+        self, batch_size: int, device=None, generator: torch.Generator | None = None, shard: BatchShard | None = None
+    ) -> torch.Tensor:
         """Antithetic times in [t1, 1]: t = t1 + (1 - t1) u."""
-        return self.t1 + (1.0 - self.t1) * antithetic_times(batch_size, device, generator)
+        return self.t1 + (1.0 - self.t1) * antithetic_times(batch_size, device, generator, shard)
 
     def _exponent_at(self, x: torch.Tensor) -> torch.Tensor:
         """w_{x_n} for every position [B, *shape]."""
         return self.schedule.exponents[x]
 
     def forward_sample(
-        self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """Draw z_t ~ q(z_t | x): keep token n with probability alpha_{x_n}(t) = 1 - (1 - eps) t^{w_{x_n}}."""
         with torch.no_grad():
             masked = (1.0 - self.schedule.eps) * self._expand(t.float(), x) ** self._exponent_at(x)
-        keep = torch.rand(x.shape, device=x.device, generator=generator) >= masked
+        keep = uniform_rows(x.shape, x.device, generator, shard) >= masked
         return torch.where(keep, x, torch.full_like(x, self.mask_id))
 
     def log_q(self, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -147,13 +161,14 @@ class GenMD4(MaskedDiffusion):
         labels: torch.Tensor | None = None,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """One Monte-Carlo draw of the continuous-time NELBO in nats per sequence [B] (no discrete-time bound)."""
         if num_steps is not None:
             raise ValueError("GenMD4 has only a continuous-time bound; leave num_steps out.")
         self._check_input(x)
-        t = self.times(x.shape[0], x.device, generator)
-        z = self.forward_sample(x, t, generator)
+        t = self.times(x.shape[0], x.device, generator, shard)
+        z = self.forward_sample(x, t, generator, shard)
         return (1.0 - self.t1) * self.diffusion_term(x, z, t, labels) + self.reconstruction_loss(x)
 
     def two_draws(
@@ -162,13 +177,14 @@ class GenMD4(MaskedDiffusion):
         t: torch.Tensor,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """At times t [B]: the mean of two draws of the integrand, and the RLOO surrogate built on them, [B] each.
 
         Both draws share one network call on a doubled batch.
         """
         batch = x.shape[0]
-        z = torch.cat([self.forward_sample(x, t, generator), self.forward_sample(x, t, generator)])
+        z = torch.cat([self.forward_sample(x, t, generator, shard), self.forward_sample(x, t, generator, shard)])
         xx, tt = torch.cat([x, x]), torch.cat([t, t])
         ll = None if labels is None else torch.cat([labels, labels])
         integrand = self._integrand(xx, z, tt, self.log_probs(z, tt.float(), ll))
@@ -181,12 +197,14 @@ class GenMD4(MaskedDiffusion):
         x: torch.Tensor,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The RLOO surrogate in nats per token (to backpropagate) and detached metrics: the NELBO (``loss``,
         ``nelbo``, ``bits_per_token``), the surrogate, and the exponents' min, mean and max."""
         self._check_input(x)
-        t = self.times(x.shape[0], x.device, generator)
-        mean, surrogate = self.two_draws(x, t, self.training_labels(labels, generator), generator)
+        t = self.times(x.shape[0], x.device, generator, shard)
+        labels = self.training_labels(labels, generator, shard)
+        mean, surrogate = self.two_draws(x, t, labels, generator, shard)
         recon = self.reconstruction_loss(x)
         nelbo = (1.0 - self.t1) * mean + recon
         surrogate = (1.0 - self.t1) * surrogate + recon

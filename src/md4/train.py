@@ -14,14 +14,16 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from md4 import distributed
 from md4.checkpoint import (
     clean_temporaries,
     latest_checkpoint,
@@ -32,6 +34,8 @@ from md4.checkpoint import (
 )
 from md4.config import Config, ConfigError
 from md4.device import autocast, resolve_device
+from md4.diffusion import BatchShard
+from md4.distributed import World, derived_seed
 from md4.evaluate import estimate_nelbo
 from md4.files import write_atomic
 from md4.metrics_log import MetricsLog
@@ -60,6 +64,8 @@ RESUMABLE_KEYS = {
     "keep_checkpoints",
     "device",
     "compile",
+    "dist_timeout",
+    "parallel",
 }
 
 
@@ -122,20 +128,33 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str, lr
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; schedulers, `docker stop`, preemptible machines
 
 
+def local_micro_batch(batch_size: int, grad_accum: int, world_size: int) -> int:
+    """Rows per rank per micro-batch: the global ``batch_size`` over ``world_size`` ranks and ``grad_accum``
+    micro-batches, which must divide it."""
+    parts = grad_accum * world_size
+    if batch_size % parts:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global batch, so it must divide evenly into {world_size} "
+            f"process(es) x train.grad_accum={grad_accum} micro-batches; use a multiple of {parts}."
+        )
+    return batch_size // parts
+
+
 class TrainingDiverged(ValueError):
     """The loss or the gradient norm became non-finite; nothing from that step was applied or saved."""
 
 
 @contextmanager
-def _stop_flag():
+def _stop_flag(second_interrupt_aborts: bool = True):
     """Turn SIGINT and SIGTERM into a flag the loop checks after each step, so it can save and stop cleanly.
 
-    ``flag["signal"]`` becomes the signal's name; a second Ctrl-C aborts at once.
+    ``flag["signal"]`` becomes the signal's name; a second Ctrl-C aborts at once, unless torchrun started the
+    process (it passes on the Ctrl-C its terminal already sent, so each rank sees two).
     """
     flag: dict[str, str | None] = {"signal": None}
 
     def handler(signum, frame):
-        if flag["signal"] is not None and signum == signal.SIGINT:
+        if flag["signal"] is not None and signum == signal.SIGINT and second_interrupt_aborts:
             raise KeyboardInterrupt
         flag["signal"] = signal.Signals(signum).name
 
@@ -170,6 +189,11 @@ class Trainer:
 
     The run directory is locked from construction until :meth:`fit` returns. On resume, everything is
     checked (config, data, checkpoint) before anything in the run directory is rewritten.
+
+    With a ``world`` of several processes (:mod:`md4.distributed`) the model is wrapped in
+    DistributedDataParallel; ``train.batch_size`` is the global batch, each rank computes its rows of it, and
+    rank 0 alone writes the run directory. Data and noise follow one layout for any number of processes
+    (:class:`md4.diffusion.BatchShard`), so N processes reach the parameters one process reaches.
     """
 
     def __init__(
@@ -181,11 +205,54 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         checkpoint_step: int | None = None,
+        world: World | None = None,
     ):
         self.config, self.data, self.run_dir = config, data, Path(run_dir)
+        self.world = world or World()
         self.spec = DataSpec.of(data)
         self.t = config.train
+        self.micro_batch = local_micro_batch(self.t.batch_size, self.t.grad_accum, self.world.size)
         self.device = resolve_device(self.t.device)
+        self.lock = self._claim_run_dir() if self.world.is_main else None
+        try:
+            self.model = model.to(self.device)
+            self.progress = progress and self.world.is_main
+            self.ema = EMA(self.model, self.t.ema_decay)
+            self.sharded = self.world.distributed and self.t.parallel == "fsdp"
+            if self.sharded:  # the model and its average, sharded alike, so the EMA update stays local
+                distributed.shard(self.model)
+                distributed.shard(self.ema.module)
+            self.optimizer = torch.optim.AdamW(
+                parameter_groups(self.model, self.t.weight_decay, self.t.weight_decay_scope, self.t.lr),
+                lr=self.t.lr,
+                betas=(self.t.beta1, self.t.beta2),
+                fused=self.device.type == "cuda",
+            )
+            # Data and noise generators are seeded alike on every rank: the layout of BatchShard.
+            self.data_generator = torch.Generator().manual_seed(self.t.seed + 1)
+            self.noise_generator = torch.Generator(self.device).manual_seed(self.t.seed + 2)
+            self.step = 0
+            self.tokens_seen = 0
+            if self.world.is_main:
+                clean_temporaries(self.run_dir)
+            if resume:
+                self._resume(checkpoint_step)
+            elif self.world.is_main:
+                self._start()
+            self._seed_rank_streams()
+            if self.t.compile:
+                self.model.denoiser = torch.compile(self.model.denoiser)
+            self.forward = self.model
+            if self.world.distributed and not self.sharded:
+                device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+                self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.log = MetricsLog(self.run_dir, start_step=self.step) if self.world.is_main else None
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _claim_run_dir(self) -> RunLock:
         check_out_path(self.run_dir)
         if self.run_dir.is_dir():
             check_run_folder(self.run_dir)
@@ -195,31 +262,12 @@ class Trainer:
             raise RunError(
                 f"Cannot create the run folder {self.run_dir} ({err.strerror}); choose another --out."
             ) from None
-        self.lock = RunLock(self.run_dir).acquire()
-        try:
-            self.model = model.to(self.device)
-            self.progress = progress
-            self.ema = EMA(self.model, self.t.ema_decay)
-            self.optimizer = torch.optim.AdamW(
-                parameter_groups(self.model, self.t.weight_decay, self.t.weight_decay_scope, self.t.lr),
-                lr=self.t.lr,
-                betas=(self.t.beta1, self.t.beta2),
-                fused=self.device.type == "cuda",
-            )
-            self.data_generator = torch.Generator().manual_seed(self.t.seed + 1)
-            self.step = 0
-            self.tokens_seen = 0
-            clean_temporaries(self.run_dir)
-            if resume:
-                self._resume(checkpoint_step)
-            else:
-                self._start()
-            if self.t.compile:
-                self.model.denoiser = torch.compile(self.model.denoiser)
-            self.log = MetricsLog(self.run_dir, start_step=self.step)
-        except BaseException:
-            self.lock.release()
-            raise
+        return RunLock(self.run_dir).acquire()
+
+    def _seed_rank_streams(self) -> None:
+        """Ranks other than 0 get their own stream of torch's global generator (dropout), from (seed, rank, step)."""
+        if self.world.rank > 0:
+            torch.manual_seed(derived_seed(self.t.seed, self.world.rank, self.step))
 
     # ------------------------------------------------------------ run dir
     def _start(self) -> None:
@@ -249,16 +297,26 @@ class Trainer:
             )
 
     def _resume(self, step: int | None) -> None:
-        files = read_run_files(self.run_dir)
-        self._check_same_run(files)
-        if not list_checkpoints(self.run_dir) and step is None:
-            warnings.warn(f"{self.run_dir} has no checkpoint yet, so training starts from step 0.", stacklevel=3)
-            write_run_files(self.run_dir, self.config, self.data, self.spec)
+        """Rank 0 checks the run and picks the checkpoint; every rank then reads that one."""
+        ckpt = None
+        if self.world.is_main:
+            files = read_run_files(self.run_dir)
+            self._check_same_run(files)
+            if not list_checkpoints(self.run_dir) and step is None:
+                warnings.warn(f"{self.run_dir} has no checkpoint yet, so training starts from step 0.", stacklevel=3)
+                write_run_files(self.run_dir, self.config, self.data, self.spec)
+                step = -1
+            else:
+                ckpt = read_checkpoint(self.run_dir, step, map_location=self.device)
+                step = int(ckpt.state["step"])
+        step = self.world.broadcast(step)
+        if step == -1:
             return
-        ckpt = read_checkpoint(self.run_dir, step, map_location=self.device)
-        self.model.load_state_dict(ckpt.model)
-        self.ema.module.load_state_dict(ckpt.ema)
-        self.optimizer.load_state_dict(ckpt.optimizer)
+        if ckpt is None:
+            ckpt = read_checkpoint(self.run_dir, step, map_location=self.device)
+        distributed.load_model_state(self.model, ckpt.model)
+        distributed.load_model_state(self.ema.module, ckpt.ema)
+        distributed.load_optimizer_state(self.model, self.optimizer, ckpt.optimizer)
         self.step = int(ckpt.state["step"])
         self.tokens_seen = int(ckpt.state["tokens_seen"])
         if self.t.steps < self.step:
@@ -272,25 +330,47 @@ class Trainer:
         if "cuda" in ckpt.rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt.rng["cuda"]])
         self.data_generator.set_state(ckpt.rng["data"].cpu())
+        if "noise" in ckpt.rng:  # checkpoints from before the noise had its own generator go on from a fresh one
+            self.noise_generator.set_state(ckpt.rng["noise"].cpu())
+        self.world.barrier()  # every rank has read the checkpoint before rank 0 moves any aside
+        if not self.world.is_main:
+            return
         aside = supersede_after(self.run_dir, self.step)
         if aside is not None:
             warnings.warn(f"Checkpoints after step {self.step} were moved to {aside}.", stacklevel=3)
         write_atomic(self.run_dir / "config.json", self.config.to_json())
 
-    def save(self) -> Path:
-        rng = {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()}
+    def save(self) -> Path | None:
+        """Rank 0 writes a checkpoint of the step (model, EMA, optimizer, generators); other ranks return None.
+
+        A sharded model is gathered whole first (every rank takes part), so checkpoints are the same files for
+        any number of processes and either parallel mode.
+        """
+        states = (
+            distributed.model_state(self.model),
+            distributed.model_state(self.ema.module),
+            distributed.optimizer_state(self.model, self.optimizer),
+        )
+        if not self.world.is_main:
+            return None
+        rng = {
+            "torch": torch.get_rng_state(),
+            "data": self.data_generator.get_state(),
+            "noise": self.noise_generator.get_state(),
+        }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return save_checkpoint(
             self.run_dir,
             self.step,
-            self.model.state_dict(),
-            self.ema.module.state_dict(),
-            self.optimizer.state_dict(),
+            *states,
             rng,
             {"tokens_seen": self.tokens_seen},
             keep=self.t.keep_checkpoints,
         )
+
+    def _saved_this_step(self) -> bool:
+        return bool(list_checkpoints(self.run_dir)) and latest_checkpoint(self.run_dir).name == f"step_{self.step:08d}"
 
     # ----------------------------------------------------------- training
     def train_step(self) -> dict[str, float]:
@@ -302,20 +382,29 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.model.train()
-        sums: dict[str, float] = {}
-        for _ in range(self.t.grad_accum):
-            x, labels = self.data.train_batch(self.t.batch_size, self.data_generator)
+        sums: dict[str, torch.Tensor] = {}
+        rows = self.micro_batch * self.world.size  # one micro-batch of the global batch, over all ranks
+        first = self.world.rank * self.micro_batch
+        shard = BatchShard(first, rows) if self.world.distributed else None
+        # A dataset written for one process needs no ``part`` argument.
+        part = (slice(first, first + self.micro_batch),) if self.world.distributed else ()
+        for micro in range(self.t.grad_accum):
+            x, labels = self.data.train_batch(rows, self.data_generator, *part)
             x = x.to(self.device, non_blocking=True)
             labels = None if labels is None or self.model.num_classes is None else labels.to(self.device)
-            with autocast(self.device, self.t.precision):
-                loss, metrics = self.model.loss(x, labels=labels)
-            (loss / self.t.grad_accum).backward()
+            last = micro == self.t.grad_accum - 1
+            with self._gradient_sync(last), autocast(self.device, self.t.precision):
+                loss, metrics = self.forward(x, labels=labels, generator=self.noise_generator, shard=shard)
+            with self._gradient_sync(last):
+                (loss / self.t.grad_accum).backward()
             for key, value in metrics.items():  # means over the micro-batches
-                sums[key] = sums.get(key, 0.0) + float(value) / self.t.grad_accum
-            self.tokens_seen += x.numel()
+                sums[key] = sums.get(key, 0.0) + value.detach().float() / self.t.grad_accum
+            self.tokens_seen += x.numel() * self.world.size
+        keys = list(sums)
+        sums = dict(zip(keys, self.world.mean(torch.stack([sums[k] for k in keys])).tolist(), strict=True))
         total = sums["loss"]
         max_norm = self.t.grad_clip if self.t.grad_clip > 0 else math.inf  # 0: measure the norm, do not clip
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = distributed.full_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             kept = list_checkpoints(self.run_dir)
@@ -330,19 +419,37 @@ class Trainer:
         self.step += 1
         return {**sums, "lr": lr, "grad_norm": grad_norm}
 
+    def _gradient_sync(self, last_micro_batch: bool):
+        """Gradients are reduced over the ranks after the last micro-batch of a step only."""
+        if self.sharded:
+            self.model.set_requires_gradient_sync(last_micro_batch)
+        elif self.world.distributed and not last_micro_batch:
+            return self.forward.no_sync()
+        return nullcontext()
+
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, Any]:
+        """The EMA model's bound on ``split``; the ranks share the batches and agree on the result (with a
+        sharded model every rank runs every batch, since each forward pass gathers weights from all)."""
         batches = self.data.eval_batches(split, self.t.batch_size, max_batches or self.t.eval_batches)
-        estimate = estimate_nelbo(self.ema.module, batches, seed=self.t.seed, precision=self.t.precision)
+        with distributed.gathered(self.ema.module) as model:
+            world = None if self.sharded else self.world
+            estimate = estimate_nelbo(model, batches, seed=self.t.seed, precision=self.t.precision, world=world)
         return estimate.to_dict()
 
-    def write_samples(self) -> Path:
-        """Samples of the EMA model (one per class, in turn, for class-conditional data) into ``samples/``."""
+    def write_samples(self) -> Path | None:
+        """Samples of the EMA model (one per class, in turn, for class-conditional data) into ``samples/``;
+        rank 0 writes them (with a sharded model every rank draws the same samples alongside)."""
+        if not (self.world.is_main or self.sharded):
+            return None
         labels = None
         if self.model.num_classes is not None:
             labels = torch.arange(self.t.num_samples, device=self.device) % self.model.num_classes
-        out = sample(
-            self.ema.module, self.t.num_samples, steps=self.t.sample_steps, labels=labels, seed=self.t.seed + self.step
-        )
+        with distributed.gathered(self.ema.module) as model:
+            out = sample(
+                model, self.t.num_samples, steps=self.t.sample_steps, labels=labels, seed=self.t.seed + self.step
+            )
+        if not self.world.is_main:
+            return None
         path = self.data.codec.write_samples(out.tokens.cpu(), self.run_dir / "samples" / f"step_{self.step:08d}")
         self.log.text("samples", self.data.codec.decode(out.tokens[0].cpu()), self.step)
         return path
@@ -352,8 +459,10 @@ class Trainer:
         try:
             return self._fit()
         finally:
-            self.log.close()
-            self.lock.release()
+            self.forward = self.model  # DDP is freed while the process group lives (else exit can hang)
+            if self.world.is_main:
+                self.log.close()
+                self.lock.release()
 
     def _fit(self) -> TrainResult:
         start_time, start_tokens = time.time(), self.tokens_seen
@@ -371,7 +480,7 @@ class Trainer:
             mininterval=refresh,
             maxinterval=max(10.0, refresh),
         )
-        with _stop_flag() as flag:
+        with _stop_flag(second_interrupt_aborts=not self.world.distributed) as flag:
             window: list[dict[str, float]] = []
             try:
                 while self.step < self.t.steps:
@@ -384,7 +493,8 @@ class Trainer:
                         metrics["tokens_per_second"] = (self.tokens_seen - window_tokens) / max(now - window_time, 1e-9)
                         metrics["tokens"] = self.tokens_seen
                         window_time, window_tokens, window = now, self.tokens_seen, []
-                        self.log.scalars("train", metrics, self.step)
+                        if self.log is not None:
+                            self.log.scalars("train", metrics, self.step)
                         bar.set_postfix(
                             loss=f"{metrics['loss']:.3f}",
                             bpt=f"{metrics['bits_per_token']:.3f}",
@@ -393,21 +503,21 @@ class Trainer:
                         )
                     if self.step % self.t.eval_every == 0 or self.step == self.t.steps:
                         last_valid = self.evaluate("valid")
-                        self.log.scalars("valid", last_valid, self.step)
+                        if self.log is not None:
+                            self.log.scalars("valid", last_valid, self.step)
                     if self.step % self.t.sample_every == 0:
                         self.write_samples()
                     if self.step % self.t.checkpoint_every == 0 or self.step == self.t.steps:
                         self.save()
-                    if flag["signal"] is not None:
-                        stopped_by = flag["signal"]
+                    if self.world.any(flag["signal"] is not None):  # a signal to any rank stops them all
+                        stopped_by = next(name for name in self.world.gather(flag["signal"]) if name)
                         break
             finally:
                 bar.close()
-            if stopped_by and (
-                not list_checkpoints(self.run_dir) or latest_checkpoint(self.run_dir).name != f"step_{self.step:08d}"
-            ):
+            if stopped_by and not self.world.broadcast(self.world.is_main and self._saved_this_step()):
                 self.save()
-        self.log.plot(self.run_dir / "curves.png")
+        if self.log is not None:
+            self.log.plot(self.run_dir / "curves.png")
         seconds = time.time() - start_time
         return TrainResult(
             self.run_dir,
@@ -425,14 +535,25 @@ def build_trainer(
     resume: bool = False,
     progress: bool = True,
     checkpoint_step: int | None = None,
+    world: World | None = None,
 ) -> Trainer:
-    """Prepare the data and build the model a validated config describes, and a Trainer for them."""
+    """Prepare the data and build the model a validated config describes, and a Trainer for them.
+
+    With several processes rank 0 prepares the data first, so the others find it in the cache.
+    """
     from md4.data import open_dataset
 
-    data = open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
+    world = world or World()
+    local_micro_batch(config.train.batch_size, config.train.grad_accum, world.size)  # before any data work
+    data = None
+    if world.is_main:
+        data = open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
+    world.barrier()
+    if data is None:
+        data = open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
     torch.manual_seed(config.train.seed)
     model = build_model(config, DataSpec.of(data))
-    return Trainer(config, model, data, run_dir, resume=resume, progress=progress, checkpoint_step=checkpoint_step)
+    return Trainer(config, model, data, run_dir, resume, progress, checkpoint_step, world)
 
 
 def train(
@@ -441,9 +562,10 @@ def train(
     resume: bool = False,
     progress: bool = True,
     checkpoint_step: int | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Prepare the data, build the model and train; the entry point behind ``md4 train``.
 
     ``config`` has been validated whole (:func:`md4.config.validate`) before any data is prepared.
     """
-    return build_trainer(config, run_dir, resume, progress, checkpoint_step).fit()
+    return build_trainer(config, run_dir, resume, progress, checkpoint_step, world).fit()

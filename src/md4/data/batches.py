@@ -21,6 +21,9 @@ class Dataset(Protocol):
 
     ``train_batch`` draws all its randomness from ``generator``, so restoring the generator's state
     resumes the same stream; ``eval_batches`` yields a split's examples in a fixed order.
+    ``part`` (distributed training) keeps only those rows of the batch: the draws for the whole batch are
+    still made, so the generator's stream and the union of every process's part do not depend on how many
+    processes share the batch.
     """
 
     codec: Codec
@@ -28,8 +31,8 @@ class Dataset(Protocol):
     data_shape: tuple[int, ...]
     num_classes: int | None  # None: no labels
 
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        """A random training batch."""
+    def train_batch(self, batch_size: int, generator: torch.Generator, part: slice | None = None) -> Batch:
+        """A random training batch (its rows ``part`` only, when given)."""
         ...
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
@@ -47,13 +50,16 @@ def _check(tokens: np.ndarray, seq_len: int, batch_size: int) -> None:
         )
 
 
-def random_windows(tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
-    """``[batch_size, seq_len]`` windows at uniform random offsets drawn from ``generator``.
+def random_windows(
+    tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator, part: slice | None = None
+) -> torch.Tensor:
+    """``[batch_size, seq_len]`` windows at uniform random offsets drawn from ``generator`` (rows ``part`` only).
 
     All randomness comes from the generator, so restoring its state resumes the same stream.
     """
     _check(tokens, seq_len, batch_size)
     starts = torch.randint(0, len(tokens) - seq_len + 1, (batch_size,), generator=generator).numpy()
+    starts = starts if part is None else starts[part]
     index = starts[:, None] + np.arange(seq_len)
     return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
 
@@ -99,8 +105,8 @@ class TokenStream:
             raise DataError(f"unknown split {split!r}; this corpus has {', '.join(self.prepared.splits)}.")
         return self.prepared.splits[split]
 
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        return random_windows(self._split("train"), batch_size, self.seq_len, generator), None
+    def train_batch(self, batch_size: int, generator: torch.Generator, part: slice | None = None) -> Batch:
+        return random_windows(self._split("train"), batch_size, self.seq_len, generator, part), None
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
         chunks = eval_chunks(self._split(split), self.seq_len, batch_size, _max_rows(batch_size, max_batches))
@@ -194,11 +200,11 @@ class ArrayDataset:
         labels = None if self.labels is None else self.labels[split][rows].long()
         return self.splits[split][rows].long(), labels
 
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+    def train_batch(self, batch_size: int, generator: torch.Generator, part: slice | None = None) -> Batch:
         if batch_size < 1:
             raise DataError(f"batch_size must be positive, got {batch_size}.")
         rows = torch.randint(0, len(self.splits["train"]), (batch_size,), generator=generator)
-        return self._batch("train", rows)
+        return self._batch("train", rows if part is None else rows[part])
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
         if batch_size < 1:

@@ -343,11 +343,11 @@ class ImageDataset:
             return images, None
         return images, torch.from_numpy(np.array(self.prepared.labels[split][rows], dtype=np.int64))
 
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+    def train_batch(self, batch_size: int, generator: torch.Generator, part: slice | None = None) -> Batch:
         if batch_size < 1:
             raise DataError(f"batch_size must be positive, got {batch_size}.")
         rows = torch.randint(0, len(self._split("train")), (batch_size,), generator=generator)
-        return self._batch("train", rows.numpy())
+        return self._batch("train", (rows if part is None else rows[part]).numpy())
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
         if batch_size < 1:

@@ -1,0 +1,231 @@
+"""Several processes training one model, on PyTorch's own stack: torchrun starts them, torch.distributed joins them.
+
+torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each process;
+:func:`connect` joins them into one process group (gloo on CPU, NCCL on CUDA). A process started without
+torchrun is a world of one, and nothing here talks to anyone then. The randomness layout that makes N processes
+train exactly like one is described in :class:`md4.diffusion.BatchShard` and :meth:`md4.data.Dataset.train_batch`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+
+DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a silent rank before it fails with an error
+PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel: replicate the model on every rank, or shard it (FSDP2)
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes training together (a world of one by default)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes the run directory: logs, samples, checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (how the ranks agree to stop)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=collective_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a tensor each rank holds."""
+        if not self.distributed:
+            return values
+        values = values.to(collective_device()).clone()
+        dist.all_reduce(values)
+        return values / self.size
+
+    def gather(self, item) -> list:
+        """Every rank's ``item`` (any picklable object), in rank order, on every rank."""
+        if not self.distributed:
+            return [item]
+        items: list = [None] * self.size
+        dist.all_gather_object(items, item)
+        return items
+
+    def broadcast(self, item):
+        """Rank 0's ``item``, on every rank."""
+        if not self.distributed:
+            return item
+        box = [item]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def derived_seed(*keys: int) -> int:
+    """A seed for torch generators that depends on ``keys`` only (e.g. (seed, rank, step)), well mixed."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def collective_device() -> torch.device:
+    """Where the backend wants the tensors of a collective: the current GPU for NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def connect(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+    """Join the process group torchrun described in the environment, or return a world of one.
+
+    ``device`` is the run's ``train.device``: NCCL when it resolves to CUDA, gloo otherwise. Each rank uses GPU
+    ``LOCAL_RANK``. A rank that dies makes the others' next collective fail (torchrun then stops them all).
+    """
+    if not launched_by_torchrun():
+        return World()
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if size == 1:
+        return World()
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=timedelta(seconds=timeout_s),
+            device_id=torch.device("cuda", local_rank) if use_cuda else None,
+        )
+    return World(rank, size, local_rank)
+
+
+def disconnect() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ FSDP2
+def shard(model: nn.Module) -> None:
+    """Shard ``model`` over the ranks with FSDP2: each block of every ``nn.ModuleList`` (transformer layers,
+    UNet residual blocks) is its own unit, gathered just before it runs; the rest belongs to the root."""
+    for module in list(model.modules()):
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                if any(p.requires_grad for p in block.parameters()):
+                    fully_shard(block)
+    fully_shard(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+class gathered:
+    """``with gathered(model):`` the root's own parameters are whole, so methods other than ``forward``
+    (``nelbo``, the samplers' denoiser calls) can run; every rank must run the same calls inside."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        if is_sharded(self.model):
+            self.model.unshard()
+        return self.model
+
+    def __exit__(self, *exc):
+        if is_sharded(self.model):
+            self.model.reshard()
+
+
+def full_norm(norm: torch.Tensor) -> float:
+    """A gradient norm as a number, whether it is a plain tensor or a DTensor of sharded gradients."""
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state dict (on the CPU on rank 0 when sharded: every rank must call it)."""
+    return get_model_state_dict(model, options=FULL) if is_sharded(model) else model.state_dict()
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict, sharding it if ``model`` is sharded."""
+    if is_sharded(model):
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state)
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state in ``Optimizer.state_dict()`` form (parameters by index), however it is sharded,
+    so a checkpoint loads the same way on any number of processes."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    by_name = get_optimizer_state_dict(model, optimizer, options=FULL)
+    names = parameter_names(model, optimizer)
+    index = {name: i for i, name in enumerate(names)}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name.get("param_groups", [])]
+    return {"state": {index[n]: v for n, v in by_name.get("state", {}).items()}, "param_groups": groups}
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    names = parameter_names(model, optimizer)
+    by_name = {
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters in its own order (the indices of ``Optimizer.state_dict()``)."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``md4 train --nproc N ...``: run ``torchrun --standalone --nproc_per_node N -m md4 train ...`` on this machine
+    and return its exit code; a SIGTERM to this process is passed on to torchrun, which passes it to the workers."""
+    if nproc < 1:
+        raise ValueError(f"--nproc must be a positive number of processes, got {nproc}.")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command += ["-m", "md4", *argv]
+    child = subprocess.Popen(command)
+    ignore_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun and the workers
+    forward_terminate = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, ignore_interrupt)
+        signal.signal(signal.SIGTERM, forward_terminate)
