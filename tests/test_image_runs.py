@@ -186,3 +186,17 @@ def test_text_flags_are_refused_for_images_and_image_flags_for_text(digits_run, 
     assert code == 2 and "--per-class is for image runs" in err
     code, _, err = cli(capsys, "sample", text_run, "--strip")
     assert code == 2 and "--strip is for image runs" in err
+
+
+def test_image_demo_end_to_end_writes_its_pictures(tmp_path, registry_images, monkeypatch, capsys):
+    """``md4 demo --images`` (here on the digits, 4 steps): bits/dim on valid and test, and four PNGs."""
+    monkeypatch.setenv("MD4_CACHE_DIR", str(registry_images))
+    run_dir = tmp_path / "demo"
+    code, out, err = cli(capsys, "demo", "--images", "--out", run_dir, "--no-progress", "data.name=digits", *TINY)
+    assert code == 0, err
+    summary = json.loads((run_dir / "demo.json").read_text())
+    assert 0 < summary["test_bits_per_dim"] < 8 and summary["test_sequences"] == 180
+    for name, size in (("class_grid", 80), ("unconditional_grid", 80), ("strip", 8), ("infill", 8)):
+        with Image.open(summary[name]) as picture:
+            assert picture.width >= size and picture.height >= 8, name
+    assert "test bits/dim <=" in out

@@ -369,7 +369,8 @@ def demo_texts(run) -> dict:
 
 
 def demo_images(run, run_dir: Path) -> dict:
-    """The image demo's pictures: a grid with a row per class, the reverse process, an infilled test image."""
+    """The image demo's pictures: a grid with a row per class, an unconditional grid (guidance 0), the reverse
+    process, an infilled test image."""
     from md4 import image_outputs as pictures
     from md4.evaluate import held_out_batches
     from md4.generate import complete, image_mask
@@ -378,11 +379,17 @@ def demo_images(run, run_dir: Path) -> dict:
     codec, model = run.codec, run.model
     steps = run.config.train.sample_steps
     per_class = 8
-    labels = class_labels(run, 0, per_class)
-    grid = sample(model, len(labels), labels=labels, steps=steps, grid="cosine", snapshots=8, seed=0)
+    labels = class_labels(run, 0, per_class)  # None for an unconditional model: then both grids are unconditional
+    count = 10 * per_class if labels is None else len(labels)
+    grid = sample(model, count, labels=labels, steps=steps, grid="cosine", snapshots=8, seed=0)
+    guidance = 1.0 if labels is None else 0.0
+    free = sample(model, count, labels=labels, guidance=guidance, steps=steps, grid="cosine", seed=1)
     paths = {
         "class_grid": pictures.save_png(
             pictures.tile(pictures.rows_of(codec, grid.tokens, per_class)), run_dir / "demo-classes.png", 4
+        ),
+        "unconditional_grid": pictures.save_png(
+            pictures.tile(pictures.rows_of(codec, free.tokens, per_class)), run_dir / "demo-unconditional.png", 4
         ),
         "strip": pictures.save_png(
             pictures.strip(codec, [s[::per_class] for s in grid.trajectory]), run_dir / "demo-strip.png", 4
@@ -390,7 +397,8 @@ def demo_images(run, run_dir: Path) -> dict:
     }
     (given,), (label,) = next(held_out_batches(run, None, "test", 1)[0])
     hole = image_mask("bottom-half", codec.data_shape)
-    completed = complete(model, given, hole, 6, labels=label.expand(6).to(labels.device), steps=steps, seed=0)
+    given_labels = None if labels is None else label.expand(6).to(labels.device)
+    completed = complete(model, given, hole, 6, labels=given_labels, steps=steps, seed=0)
     paths["infill"] = pictures.save_png(
         pictures.infill_panel(codec, given, hole, completed.tokens.cpu()), run_dir / "demo-infill.png", 4
     )
