@@ -51,8 +51,8 @@ def report(result, run_dir: Path, unit: str = "token", processes: int = 1) -> in
     everyone = f" (all {processes} processes)" if processes > 1 else ""
     valid = "n/a" if result.valid_bits_per_token is None else f"{result.valid_bits_per_token:.4f}"
     print(
-        f"md4: {state} step {result.step}{everyone} in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
-        f"valid bits/{unit} {valid}; checkpoint in {run_dir}/checkpoints"
+        f"md4: {state} step {result.step}{everyone} in {result.seconds:.0f} s "
+        f"({result.tokens_per_second:.0f} tokens/s); valid bits/{unit} {valid}; checkpoint in {run_dir}/checkpoints"
     )
     return EXIT_SIGNAL.get(result.stopped_by, 0)
 
