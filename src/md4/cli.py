@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the 10-minute CPU demo: train on Shakespeare (or MNIST with --images), sample, evaluate",
         description="Train the shakespeare-char preset (or mnist), sample, and evaluate on the test split.",
     )
-    p.add_argument("--images", action="store_true", help="the image demo: class-conditional MNIST, ~20 minutes")
+    p.add_argument("--images", action="store_true", help="the image demo: class-conditional MNIST, ~25 minutes")
     p.add_argument("--out", help="run directory (default: runs/demo, or runs/demo-mnist with --images)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")

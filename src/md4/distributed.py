@@ -108,7 +108,8 @@ def connect(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World
     """Join the process group torchrun described in the environment, or return a world of one.
 
     ``device`` is the run's ``train.device``: NCCL when it resolves to CUDA, gloo otherwise. Each rank uses GPU
-    ``LOCAL_RANK``. A rank that dies makes the others' next collective fail (torchrun then stops them all).
+    ``LOCAL_RANK`` (a ``cuda:N`` in the config is overridden). A rank that dies makes the others' next
+    collective fail (torchrun then stops them all).
     """
     if not launched_by_torchrun():
         return World()
@@ -116,7 +117,7 @@ def connect(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if size == 1:
         return World()
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

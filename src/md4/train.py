@@ -213,6 +213,8 @@ class Trainer:
         self.t = config.train
         self.micro_batch = local_micro_batch(self.t.batch_size, self.t.grad_accum, self.world.size)
         self.device = resolve_device(self.t.device)
+        if self.device.type == "cuda" and (self.device.index is None or self.world.distributed):
+            self.device = torch.device("cuda", torch.cuda.current_device())  # under torchrun: LOCAL_RANK's GPU
         self.lock = self._claim_run_dir() if self.world.is_main else None
         try:
             self.model = model.to(self.device)
@@ -244,7 +246,7 @@ class Trainer:
                 self.model.denoiser = torch.compile(self.model.denoiser)
             self.forward = self.model
             if self.world.distributed and not self.sharded:
-                device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+                device_ids = [self.device.index] if self.device.type == "cuda" else None
                 self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
             self.log = MetricsLog(self.run_dir, start_step=self.step) if self.world.is_main else None
         except BaseException:
@@ -408,9 +410,10 @@ class Trainer:
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             kept = list_checkpoints(self.run_dir)
+            newest = f" and {kept[-1].name} is the newest checkpoint" if kept else ""
             raise TrainingDiverged(
                 f"Training diverged at step {self.step + 1} (loss {total}, gradient norm {grad_norm}), so it stopped "
-                f"without applying or saving that step{f' and {kept[-1].name} is the newest checkpoint' if kept else ''}; "
+                f"without applying or saving that step{newest}; "
                 "lower train.lr or turn on clipping (train.grad_clip=1), then resume or start again."
             )
         self.optimizer.step()
