@@ -224,3 +224,31 @@ def test_parts_of_a_training_batch_are_disjoint_rows_of_the_whole(tmp_path, monk
         assert torch.equal(torch.cat([p[0] for p in parts]), whole[0])
         if whole[1] is not None:
             assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
+
+
+def test_ctrl_c_to_md4_train_nproc_stops_cleanly_with_the_one_process_exit_code(corpus, tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the foreground group) reaches ``md4 train --nproc 2``, which passes it to the
+    workers: one checkpoint, no torchrun traceback, and exit 130 as for one process."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "md4", "train", "--nproc", "2", "--data", str(corpus), "--out", str(run_dir)]
+    command += [
+        "--no-progress",
+        *TINY,
+        "train.steps=100000",
+        "train.checkpoint_every=100000",
+        "train.eval_every=100000",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count('"train"') >= 2):
+        assert time.time() < deadline and launcher.poll() is None, "training did not start"
+        time.sleep(0.2)
+    os.killpg(launcher.pid, signal.SIGINT)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, err[-3000:]
+    assert "stopped by SIGINT" in out and "Traceback" not in err
+    assert len(list_checkpoints(run_dir)) == 1

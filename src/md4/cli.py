@@ -21,8 +21,8 @@ DEMO_PRESET = "shakespeare-char"
 IMAGE_DEMO_PRESET = "mnist"
 DEMO_PROMPT = "ROMEO:"
 # Exit codes (README, "Exit codes"): 0 done; 1 an unexpected error; 2 bad input, refused or damaged files;
-# 3 training diverged; 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint (0 under torchrun,
-# where the ranks agree to stop, so that torchrun neither reports a failure nor restarts the workers).
+# 3 training diverged; 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint (also for
+# md4 train --nproc; each torchrun worker exits 0, so that torchrun neither reports a failure nor restarts them).
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 

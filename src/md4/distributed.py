@@ -8,12 +8,14 @@ train exactly like one is described in :class:`md4.diffusion.BatchShard` and :me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -217,16 +219,37 @@ def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
 
 def launch(nproc: int, argv: list[str]) -> int:
     """``md4 train --nproc N ...``: run ``torchrun --standalone --nproc_per_node N -m md4 train ...`` on this machine
-    and return its exit code; a SIGTERM to this process is passed on to torchrun, which passes it to the workers."""
+    and return its exit code.
+
+    torchrun runs in its own session, and a Ctrl-C or SIGTERM to this process goes straight to the workers: they
+    agree to stop, save, and exit 0, torchrun ends cleanly (signalled itself, it would print a traceback), and
+    this process exits 130 or 143, as one process would.
+    """
     if nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes, got {nproc}.")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command += ["-m", "md4", *argv]
-    child = subprocess.Popen(command)
-    ignore_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun and the workers
-    forward_terminate = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    child = subprocess.Popen(command, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for pid in child_pids(child.pid) or [child.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return child.wait()
+        code = child.wait()
     finally:
-        signal.signal(signal.SIGINT, ignore_interrupt)
-        signal.signal(signal.SIGTERM, forward_terminate)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if code == 0 and received else code
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (torchrun's workers), from Linux's /proc; empty where it has none."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
