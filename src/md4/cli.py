@@ -57,6 +57,13 @@ def report(result, run_dir: Path, unit: str = "token", processes: int = 1) -> in
     return EXIT_SIGNAL.get(result.stopped_by, 0)
 
 
+def unit_of(codec) -> str:
+    """What a bit is counted per: a dimension (sub-pixel) of an image, or a token of text."""
+    from md4.data import ImageCodec
+
+    return "dim" if isinstance(codec, ImageCodec) else "token"
+
+
 def without_option(argv: list[str], option: str) -> list[str]:
     """``argv`` without ``option VALUE`` or ``option=VALUE``."""
     kept, skip = [], False
@@ -84,8 +91,6 @@ def cmd_train(args) -> int:
         config = resume_config(run_dir, args.overrides, data=args.data)
     else:
         config = build_config(args.preset, args.overrides, data=args.data)
-    from md4.data import ImageCodec
-
     world = distributed.connect(config.train.device, config.train.dist_timeout)
     try:
         if not world.is_main:
@@ -98,7 +103,7 @@ def cmd_train(args) -> int:
         distributed.disconnect()
     if not world.is_main:
         return 0
-    code = report(result, run_dir, "dim" if isinstance(trainer.data.codec, ImageCodec) else "token", world.size)
+    code = report(result, run_dir, unit_of(trainer.data.codec), world.size)
     return 0 if world.distributed and result.interrupted else code
 
 
@@ -213,7 +218,6 @@ def cmd_sample(args) -> int:
 
 # ------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    from md4.data import ImageCodec
     from md4.evaluate import estimate_nelbo, held_out_batches
     from md4.run import load_run
 
@@ -222,7 +226,7 @@ def cmd_eval(args) -> int:
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     batch_size = args.batch_size or run.config.train.batch_size
     weights = "raw" if args.no_ema else "EMA"
-    unit = "dim" if isinstance(run.codec, ImageCodec) else "token"  # bits per dimension for images
+    unit = unit_of(run.codec)  # bits per dimension for images
     results = {"run": str(args.run), "step": run.step, "split": args.split, "weights": weights, "unit": unit}
     bounds = [("continuous", None)]
     if run.model.discrete_bound:
@@ -384,20 +388,21 @@ def demo_images(run, run_dir: Path) -> dict:
     grid = sample(model, count, labels=labels, steps=steps, grid="cosine", snapshots=8, seed=0)
     guidance = 1.0 if labels is None else 0.0
     free = sample(model, count, labels=labels, guidance=guidance, steps=steps, grid="cosine", seed=1)
+
+    def grid_png(tokens, name):
+        return pictures.save_png(pictures.tile(pictures.rows_of(codec, tokens, per_class)), run_dir / name, 4)
+
     paths = {
-        "class_grid": pictures.save_png(
-            pictures.tile(pictures.rows_of(codec, grid.tokens, per_class)), run_dir / "demo-classes.png", 4
-        ),
-        "unconditional_grid": pictures.save_png(
-            pictures.tile(pictures.rows_of(codec, free.tokens, per_class)), run_dir / "demo-unconditional.png", 4
-        ),
+        "class_grid": grid_png(grid.tokens, "demo-classes.png"),
+        "unconditional_grid": grid_png(free.tokens, "demo-unconditional.png"),
         "strip": pictures.save_png(
             pictures.strip(codec, [s[::per_class] for s in grid.trajectory]), run_dir / "demo-strip.png", 4
         ),
     }
-    (given,), (label,) = next(held_out_batches(run, None, "test", 1)[0])
+    images, image_labels = next(held_out_batches(run, None, "test", 1)[0])
+    given = images[0]
     hole = image_mask("bottom-half", codec.data_shape)
-    given_labels = None if labels is None else label.expand(6).to(labels.device)
+    given_labels = None if labels is None else image_labels.expand(6).to(labels.device)
     completed = complete(model, given, hole, 6, labels=given_labels, steps=steps, seed=0)
     paths["infill"] = pictures.save_png(
         pictures.infill_panel(codec, given, hole, completed.tokens.cpu()), run_dir / "demo-infill.png", 4

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from md4.nn.inputs import check_time_and_labels
 from md4.nn.transformer import TRUNCATED_NORMAL_STD, timestep_embedding
 
 # Flax's GroupNorm and LayerNorm epsilon.
@@ -153,20 +154,7 @@ class ImageDenoiser(nn.Module):
             raise ValueError(f"z must be an integer tensor of token ids, got dtype {z.dtype}; pass a LongTensor.")
         if z.dim() != 4 or tuple(z.shape[1:]) != shape:
             raise ValueError(f"z must have shape [B, *{shape}], got {tuple(z.shape)}; pass a batch of images.")
-        batch = z.shape[0]
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape [B]=[{batch}], got {tuple(t.shape)}; pass one time per example.")
-        if self.config.num_classes is None:
-            if labels is not None:
-                raise ValueError(
-                    "labels were given but the model has no classes; set num_classes or do not pass labels."
-                )
-        elif labels is None or labels.shape != (batch,):
-            got = None if labels is None else tuple(labels.shape)
-            raise ValueError(
-                f"The model is class-conditional (num_classes={self.config.num_classes}) and needs labels of "
-                f"shape [B]=[{batch}], got {got}; pass one class id per example (num_classes for no label)."
-            )
+        check_time_and_labels(t, labels, z.shape[0], self.config.num_classes)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, H, W, C, V]`` over the real ids for every sub-pixel of ``z``; id ranges are not checked

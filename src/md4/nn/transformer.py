@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from md4.nn.inputs import check_time_and_labels
+
 # Activation of each gated MLP type (the release's activation_map).
 MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {"glu": nn.Sigmoid, "swiglu": nn.SiLU, "geglu": nn.GELU}
 TIME_CONDITIONINGS = ("adaln_zero", "none")
@@ -442,20 +444,7 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"z must have shape [B, *shape] with at least 2 dims, got {tuple(z.shape)}; add a batch dimension."
             )
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape [B]=[{batch}], got {tuple(t.shape)}; pass one time per example.")
-        if self.class_embed is None:
-            if labels is not None:
-                raise ValueError(
-                    "labels were given but the model has no classes; "
-                    "set num_classes in the config or do not pass labels."
-                )
-        elif labels is None or labels.shape != (batch,):
-            got = None if labels is None else tuple(labels.shape)
-            raise ValueError(
-                f"The model is class-conditional (num_classes={self.config.num_classes}) and needs "
-                f"labels of shape [B]=[{batch}], got {got}; pass one class id per example."
-            )
+        check_time_and_labels(t, labels, batch, self.config.num_classes)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, *shape, V]`` over the real tokens for every position of ``z``.
