@@ -153,3 +153,45 @@ def test_bad_times_shape_and_data_shape():
     with pytest.raises(ValueError, match="num_steps"):
         model.nelbo(x, num_steps=0)
     assert diffusion.check_tokens(torch.full((1, 2), 3), 3, allow_mask=True) is None
+
+
+def _full_logits_reference(model, x, z, t):
+    """The loss's sum over masked n of log mu[n, x_n] from the full float32 log-softmax (the slow reference)."""
+    logp = torch.log_softmax(model.denoiser(z, t).float(), -1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    return torch.where(z == model.mask_id, logp, torch.zeros_like(logp)).sum(1)
+
+
+def test_masked_only_logits_give_the_full_logits_loss():
+    """The output layer at masked positions only (``select``) and indexing the full logits both give the loss
+    computed from every position's log-softmax, and the same gradients."""
+    from md4.nn.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    net = Transformer(TransformerConfig(vocab_size=11, dim=32, n_layers=2, n_heads=2))
+    torch.nn.init.normal_(net.logits.weight, std=0.5)  # a non-zero output layer, so the test can fail
+    for block in net.blocks:
+        torch.nn.init.normal_(block.modulation[1].weight, std=0.1)
+    model = MD4(net, vocab_size=11)
+    x = torch.randint(0, 11, (6, 24), generator=torch.Generator().manual_seed(1))
+    t = torch.linspace(0.05, 0.95, 6)
+    z = model.forward_sample(x, t, torch.Generator().manual_seed(2))
+    assert 0 < int((z == 11).sum()) < z.numel()
+    reference = _full_logits_reference(model, x, z, t)
+    selected = model._masked_log_likelihood(x, z, t, None)
+    indexed = MD4(lambda z_, t_: net(z_, t_), vocab_size=11)._masked_log_likelihood(x, z, t, None)
+    torch.testing.assert_close(selected, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(indexed, reference, rtol=1e-5, atol=1e-5)
+    grads = []
+    for value in (selected, reference):
+        net.zero_grad()
+        value.sum().backward(retain_graph=True)
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_selected_logits_need_the_inputs_shape():
+    from md4.nn.transformer import Transformer, TransformerConfig
+
+    net = Transformer(TransformerConfig(vocab_size=5, dim=16, n_layers=1, n_heads=2))
+    with pytest.raises(ValueError, match="select must have z's shape"):
+        net(torch.zeros(2, 8, dtype=torch.long), torch.rand(2), select=torch.ones(2, 7, dtype=torch.bool))

@@ -302,3 +302,21 @@ def test_a_learnable_schedule_is_trained_averaged_and_saved(corpus, tmp_path):
     saved = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
     assert float(saved.model["schedule.theta"]) == pytest.approx(theta)
     assert float(saved.ema["schedule.theta"]) == pytest.approx(ema_theta)
+
+
+def test_activation_checkpointing_trains_alike_and_can_be_switched_on_resume(corpus, tmp_path):
+    """The same losses with the blocks recomputed in the backward pass, also when switched on at a resume;
+    a network without it refuses the option clearly."""
+    plain = train(tiny_config(corpus, "train.steps=4"), tmp_path / "plain", progress=False)
+    train(tiny_config(corpus, "train.steps=2"), tmp_path / "ckpt", progress=False)
+    resumed = train(
+        resume_config(tmp_path / "ckpt", ["train.steps=4", "train.activation_checkpointing=true"]),
+        tmp_path / "ckpt",
+        resume=True,
+        progress=False,
+    )
+    assert plain.step == resumed.step == 4
+    for step, loss in train_losses(tmp_path / "plain").items():
+        assert train_losses(tmp_path / "ckpt")[step] == pytest.approx(loss, rel=1e-4)
+    with pytest.raises(ConfigError, match="activation_checkpointing is supported by the transformer, not by net"):
+        build_config("mnist", ["train.activation_checkpointing=true"])

@@ -72,6 +72,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: str = "bf16"
     compile: bool = False
+    # Recompute each block's activations in the backward pass instead of keeping them: memory for long
+    # sequences (OpenWebText's 1024 and beyond) at the price of about one more forward pass (transformer).
+    activation_checkpointing: bool = False
     device: str = "auto"
     seed: int = 0
     dist_timeout: int = 1800  # seconds a collective waits for a silent process before failing (several processes)
@@ -322,6 +325,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.levels quantises images, but {config.data.name} is text; leave data.levels out.")
     if config.data.levels is not None and not 2 <= config.data.levels <= 256:
         raise ConfigError(f"data.levels must be in 2..256, got {config.data.levels}.")
+    if t.activation_checkpointing and not hasattr(models.network(config.model["net"]).build, "checkpointing"):
+        raise ConfigError(
+            f"train.activation_checkpointing is supported by the transformer, not by net {config.model['net']!r}; "
+            "leave it off."
+        )
     spec = data_spec_guess(config)
     for section, check in (
         ("model", lambda: models.model_options(config.model)),

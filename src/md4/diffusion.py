@@ -172,6 +172,34 @@ class MaskedDiffusion(nn.Module):
         """log mu_theta(z_t, t) in float32, shape [B, *shape, V]."""
         return F.log_softmax(self.logits(z, t, labels).float(), dim=-1)
 
+    def masked_log_probs(
+        self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(masked [B, *shape], log mu [M, V])``: log mu_theta(z_t, t) in float32 at the M masked positions
+        only, in row-major order, which is all the NELBO needs (unmasked positions carry no loss, Eq. 4).
+
+        A denoiser with ``accepts_select`` computes its output layer at those positions alone (for a large
+        vocabulary most of a step's logits work); any other has its full logits indexed. Either way only the
+        masked share is upcast to float32 and normalised.
+        """
+        masked = z == self.mask_id
+        if getattr(self.denoiser, "accepts_select", False):
+            logits = self.denoiser(z, t, labels=labels, select=masked)
+        else:
+            logits = self.logits(z, t, labels)[masked]
+        if logits.dim() != 2 or logits.shape[-1] != self.vocab_size:
+            raise ValueError(
+                f"The denoiser returned selected logits of shape {tuple(logits.shape)}; "
+                f"expected [M, {self.vocab_size}]."
+            )
+        return masked, F.log_softmax(logits.float(), dim=-1)
+
+    @staticmethod
+    def sum_masked(masked: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Per-sequence sums [B] of ``values`` [M] given at the masked positions of ``masked`` [B, *shape]."""
+        full = torch.zeros(masked.shape, dtype=values.dtype, device=values.device)
+        return full.masked_scatter(masked, values).flatten(1).sum(1)
+
 
 class MD4(MaskedDiffusion):
     """Masked diffusion model of paper Sec. 2-4 around any denoiser.
@@ -237,9 +265,8 @@ class MD4(MaskedDiffusion):
 
     def _masked_log_likelihood(self, x, z, t, labels):
         """sum over masked n of log mu(z_t, t)[n, x_n], per sequence [B]."""
-        logp = self.log_probs(z, t, labels).gather(-1, x.unsqueeze(-1)).squeeze(-1)
-        masked = z == self.mask_id
-        return torch.where(masked, logp, torch.zeros_like(logp)).flatten(1).sum(1)
+        masked, logp = self.masked_log_probs(z, t, labels)
+        return self.sum_masked(masked, logp.gather(-1, x[masked].unsqueeze(-1)).squeeze(-1))
 
     # ----------------------------------------------------------------- losses
     def continuous_loss(
@@ -257,7 +284,8 @@ class MD4(MaskedDiffusion):
         self._check_input(x)
         if t is None:
             t = antithetic_times(x.shape[0], x.device, generator, shard)
-        self._check_times(t, x.shape[0])
+        else:
+            self._check_times(t, x.shape[0])
         z = self.forward_sample(x, t, generator, shard)
         weight = self.schedule.weight(t.double()).float()
         return weight * self._masked_log_likelihood(x, z, t.float(), labels)

@@ -137,14 +137,17 @@ class GenMD4(MaskedDiffusion):
         self, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """sum_v (-w_v / t) sum_{masked n} g_n[v] per sequence [B], at the given z_t (the integrand)."""
-        return self._integrand(x, z, t, self.log_probs(z, t.float(), labels))
+        return self._integrand(x, z, t, labels)
 
-    def _integrand(self, x, z, t, logp):
+    def _integrand(self, x, z, t, labels):
+        """The integrand from the network's log mu at the masked positions only (see masked_log_probs)."""
+        masked, logp = self.masked_log_probs(z, t.float(), labels)
         w = self.schedule.exponents
-        logp_x = logp.gather(-1, x.unsqueeze(-1)).squeeze(-1)
+        x_masked = x[masked]
+        logp_x = logp.gather(-1, x_masked.unsqueeze(-1)).squeeze(-1)
         mean_w = (logp.exp() * w).sum(-1)  # sum_v mu_n[v] w_v
-        per_position = (mean_w - self._exponent_at(x) * (logp_x + 1.0)) / self._expand(t.float(), x)
-        return torch.where(z == self.mask_id, per_position, torch.zeros_like(per_position)).flatten(1).sum(1)
+        t_masked = self._expand(t.float(), x).expand(x.shape)[masked]
+        return self.sum_masked(masked, (mean_w - w[x_masked] * (logp_x + 1.0)) / t_masked)
 
     def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
         """-E log p(x | z_{t1}) with p(v | masked) proportional to t1^{w_v}, per sequence [B]:
@@ -187,7 +190,7 @@ class GenMD4(MaskedDiffusion):
         z = torch.cat([self.forward_sample(x, t, generator, shard), self.forward_sample(x, t, generator, shard)])
         xx, tt = torch.cat([x, x]), torch.cat([t, t])
         ll = None if labels is None else torch.cat([labels, labels])
-        integrand = self._integrand(xx, z, tt, self.log_probs(z, tt.float(), ll))
+        integrand = self._integrand(xx, z, tt, ll)
         (l1, l2), (q1, q2) = integrand.split(batch), self.log_q(xx, z, tt).split(batch)
         mean = 0.5 * (l1 + l2)
         return mean, mean + 0.5 * (l1 - l2).detach() * (q1 - q2)

@@ -15,8 +15,11 @@ def check_tokens(x: torch.Tensor, vocab_size: int, allow_mask: bool = False, nam
             f"{name} must have shape [batch, *data_shape], got shape {tuple(x.shape)}; add a batch dimension."
         )
     top = vocab_size if allow_mask else vocab_size - 1
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
+    if not x.numel():
+        return
+    low, high = torch.stack([x.min(), x.max()]).tolist()  # one device sync, not two
+    if low < 0 or high > top:
         raise ValueError(
-            f"{name} holds ids in [{int(x.min())}, {int(x.max())}] but they must lie in [0, {top}] "
+            f"{name} holds ids in [{low}, {high}] but they must lie in [0, {top}] "
             f"for vocab_size={vocab_size}{' (mask id included)' if allow_mask else ''}; check the tokenizer."
         )

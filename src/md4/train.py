@@ -64,6 +64,7 @@ RESUMABLE_KEYS = {
     "keep_checkpoints",
     "device",
     "compile",
+    "activation_checkpointing",
     "dist_timeout",
     "parallel",
 }
@@ -123,6 +124,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str, lr
         decay = weight_decay if scope == "all" else 0.0
         groups.append({"params": list(apart), "weight_decay": decay, "lr_scale": schedule_lr / lr})
     return groups
+
+
+def fused_optimizer(device: torch.device, sharded: bool) -> bool:
+    """Whether AdamW runs as one fused kernel: on CUDA, and on CPU for a model that is not sharded (the CPU
+    kernel takes plain tensors, not FSDP2's sharded ones); the same update as the per-tensor loop."""
+    return device.type == "cuda" or (device.type == "cpu" and not sharded)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; schedulers, `docker stop`, preemptible machines
@@ -228,7 +235,7 @@ class Trainer:
                 parameter_groups(self.model, self.t.weight_decay, self.t.weight_decay_scope, self.t.lr),
                 lr=self.t.lr,
                 betas=(self.t.beta1, self.t.beta2),
-                fused=self.device.type == "cuda",
+                fused=fused_optimizer(self.device, self.sharded),
             )
             # Data and noise generators are seeded alike on every rank: the layout of BatchShard.
             self.data_generator = torch.Generator().manual_seed(self.t.seed + 1)
@@ -242,6 +249,8 @@ class Trainer:
             elif self.world.is_main:
                 self._start()
             self._seed_rank_streams()
+            if self.t.activation_checkpointing:
+                self.model.denoiser.checkpointing = True
             if self.t.compile:
                 self.model.denoiser = torch.compile(self.model.denoiser)
             self.forward = self.model

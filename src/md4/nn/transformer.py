@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from md4.nn.inputs import check_time_and_labels
 
@@ -337,11 +338,16 @@ class Transformer(nn.Module):
     samplers cache logits between steps where nothing was unmasked.
     """
 
+    # Activation checkpointing: with gradients on, each block's activations are recomputed in the backward
+    # pass (torch.utils.checkpoint, dropout masks replayed), about one more forward pass for much less memory.
+    checkpointing = False
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
         self.vocab_size = config.vocab_size
         self.time_independent = config.time_conditioning == "none"
+        self.accepts_select = True  # forward(..., select=) gives the logits of selected positions only
         d, c = config.dim, config.conditioning_width
 
         if config.outside_embed_dim is None:
@@ -446,8 +452,12 @@ class Transformer(nn.Module):
             )
         check_time_and_labels(t, labels, batch, self.config.num_classes)
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[B, *shape, V]`` over the real tokens for every position of ``z``.
+    def forward(
+        self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, select: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, *shape, V]`` over the real tokens for every position of ``z``; with a boolean ``select``
+        of z's shape, the logits ``[M, V]`` of its M selected positions alone, in row-major order (the same as
+        indexing the full logits with it), so the output layer runs only where a loss needs it.
 
         Token ranges are not checked here (that would sync the GPU); the diffusion wrapper does it.
         """
@@ -476,9 +486,16 @@ class Transformer(nn.Module):
         c = self._condition(t, labels)
         cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
         for block in self.blocks:
-            x = block(x, c, cos, sin)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, c, cos, sin)
         x = self.final_norm(x)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
             x = _modulate(x, shift, scale)
+        if select is not None:
+            if select.shape != z.shape:
+                raise ValueError(f"select must have z's shape {tuple(z.shape)}, got {tuple(select.shape)}.")
+            return self.logits(x[select.reshape(batch, -1)])
         return self.logits(x).reshape(batch, *shape, self.vocab_size)
