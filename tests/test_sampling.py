@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from md4.diffusion import MD4
 from md4.sampling import SAMPLER_NAMES, SAMPLERS, categorical, nucleus, prefix_init, sample, time_grid
@@ -95,10 +96,11 @@ def test_prefix_infilling_respects_the_oracle_conditional(oracle):
 
 
 def test_final_decode_takes_the_argmax():
-    """With two steps on a poly schedule few positions unmask; the rest take argmax mu."""
-    logits = torch.tensor([0.0, 5.0, 1.0])
-    out = sample(model_of(lambda z, t: logits.expand(*z.shape, 3), "poly8"), 4, shape=(50,), steps=1, seed=0)
-    assert (out.tokens == 1).float().mean() > 0.95
+    """eps = 0.4: one step unmasks a third of the positions (draws from mu), the rest take argmax mu at t = 0."""
+    logits = torch.log(torch.tensor([0.3, 0.6, 0.1]))
+    model = MD4(lambda z, t: logits.expand(*z.shape, 3), vocab_size=3, schedule=get_schedule("linear", eps=0.4))
+    out = sample(model, 100, shape=(100,), steps=1, seed=0)
+    assert float((out.tokens == 1).double().mean()) == pytest.approx(2 / 3 + 0.6 / 3, abs=0.01)
 
 
 def test_same_seed_same_samples_and_generator_advances():
@@ -152,6 +154,23 @@ def test_nucleus():
     assert torch.allclose(nucleus(probs, 1.0), probs)
 
 
+def _nucleus_by_sorting(probs, top_p):
+    sorted_p, order = probs.sort(-1, descending=True)
+    sorted_p = torch.where(sorted_p.cumsum(-1) - sorted_p < top_p, sorted_p, torch.zeros_like(sorted_p))
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("vocab", [5, 300, 5000])
+def test_nucleus_by_top_k_equals_sorting_every_row(vocab):
+    """Peaked rows have their nucleus in the top k, flat rows need the full sort: both equal sorting exactly."""
+    g = torch.Generator().manual_seed(vocab)
+    sharpness = torch.tensor([1.0, 30.0]).repeat(8)[:, None, None]
+    probs = torch.softmax(sharpness * torch.randn(16, 3, vocab, generator=g), -1)
+    for top_p in (0.5, 0.9, 0.98, 1.0):
+        assert torch.equal(nucleus(probs, top_p), _nucleus_by_sorting(probs, top_p))
+
+
 def test_top_p_removes_the_tail():
     logits = torch.log(torch.tensor([0.6, 0.39, 0.01]))
     out = sample(
@@ -163,7 +182,7 @@ def test_top_p_removes_the_tail():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(sampler="beam"), "valid samplers are: ancestral, top_p, mean, exact"),
+        (dict(sampler="beam"), "valid samplers are: ancestral, top_p, mean, exact, confident"),
         (dict(grid="log"), "valid grids are: uniform, cosine"),
         (dict(categorical="float16"), "valid options are"),
         (dict(steps=0), "steps must be"),
@@ -234,6 +253,28 @@ class PerTokenPoly(torch.nn.Module):
         return 1.0 - (1.0 - 1e-4) * t[..., None] ** self.w
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32-gumbel"])
+def test_shared_step_matches_the_reverse_transition(precision):
+    """p(z_s = v) = mu_v (a_s - a_t) / (1 - a_t), the rest stays masked (a shared schedule, both draws)."""
+    schedule = get_schedule("cosine")
+    mu = torch.tensor([0.2, 0.3, 0.5]).expand(200000, -1)
+    a_t, a_s = schedule.alpha(torch.tensor(0.8, dtype=torch.float64)), schedule.alpha(torch.tensor(0.5))
+    draws = SAMPLERS["ancestral"].step(mu, a_s, a_t, 3, torch.Generator().manual_seed(0), precision)
+    freq = torch.bincount(draws, minlength=4).double() / len(draws)
+    expected = mu[0].double() * (a_s - a_t) / (1 - a_t)
+    assert torch.allclose(freq[:3], expected, atol=0.004)
+    assert freq[3] == pytest.approx(1 - float(expected.sum()), abs=0.004)
+
+
+def test_the_sampler_draws_tiny_probabilities_from_float32_mu(monkeypatch):
+    """mu is float32, but its 1e-10 token keeps its share of the float64 inverse CDF: no implicit top-p."""
+    draws = iter([0.0, 1 - 5e-11])  # unmask the position, then land in the tiny token's CDF interval
+    monkeypatch.setattr(torch, "rand", lambda shape, dtype=None, **kw: torch.full(shape, next(draws), dtype=dtype))
+    logits = torch.tensor([0.0, -23.03])
+    out = sample(model_of(lambda z, t: logits.expand(*z.shape, 2), "linear", vocab_size=2), 1, shape=(1,), steps=1)
+    assert out.tokens.item() == 1
+
+
 @pytest.mark.parametrize("name", ["ancestral", "mean"])
 def test_per_token_step_matches_the_reverse_transition(name):
     """p(z_s = v) = mu_v (a_v(s) - a_v(t)) / (1 - a_v(t)), the rest stays masked (a per-token schedule)."""
@@ -270,3 +311,76 @@ def test_every_registered_sampler_is_a_whole_sampler(oracle):
         out = sample(model_of(oracle), 64, shape=(4,), steps=16, sampler=name, seed=0)
         assert out.tokens.shape == (64, 4) and out.tokens.max() < 3 and sampler.description
         assert out.nfe == 4 if not sampler.uses_grid else out.nfe <= 17
+
+
+class Recorder:
+    """A denoiser that remembers the z and t of every call (and hides any time independence)."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.seen = denoiser, []
+
+    def __call__(self, z, t):
+        self.seen.append((z.clone(), t.clone()))
+        return self.denoiser(z, t)
+
+
+def test_confident_unmasks_the_most_confident_position_one_per_call(oracle):
+    """steps = L: each call unmasks one position per row, the masked one with the largest max_v mu[v]."""
+    recorder = Recorder(oracle)
+    out = sample(model_of(recorder, "cosine"), 32, shape=(4,), steps=4, sampler="confident", seed=0)
+    assert out.nfe == len(recorder.seen) == 4 and out.tokens.max() < 3
+    states = [z for z, _ in recorder.seen] + [out.tokens]
+    for (z, t), after in zip(recorder.seen, states[1:]):
+        masked = z == 3
+        fraction = masked.double().mean(1)  # 1 - alpha(t), or t = 1 where it is out of alpha's range
+        noise = 1 - get_schedule("cosine").alpha(t.double())
+        assert torch.allclose(torch.where(fraction < 1, noise, t.double()), fraction, atol=1e-6)
+        changed = after != z
+        assert torch.all(changed.sum(1) == 1) and not (changed & ~masked).any()
+        confidence = torch.where(masked, oracle(z, t).softmax(-1).amax(-1), -1.0)
+        assert torch.equal(changed.float().argmax(1), confidence.argmax(1))
+
+
+@pytest.mark.parametrize("steps, nfe", [(1, 1), (5, 5), (12, 12), (40, 12)])
+def test_confident_makes_min_steps_length_calls_and_keeps_fixed_tokens(steps, nfe):
+    """Rows with 12, 3 and 0 masked positions: all unmasked after min(steps, 12) calls, fixed tokens unchanged."""
+    init = torch.randint(0, 5, (3, 12), generator=torch.Generator().manual_seed(0))
+    init[0] = 5
+    init[1, [2, 7, 11]] = 5
+    recorder = Recorder(lambda z, t: torch.randn(*z.shape, 5))
+    model = model_of(recorder, "linear", vocab_size=5)
+    out = sample(model, 3, shape=(12,), steps=steps, sampler="confident", init=init, seed=0)
+    assert out.nfe == nfe == len(recorder.seen)
+    fixed = init != 5
+    assert torch.equal(out.tokens[fixed], init[fixed]) and out.tokens.max() < 5
+    left = torch.stack([(z == 5).sum(1) for z, _ in recorder.seen] + [(out.tokens == 5).sum(1)])
+    expected = [torch.tensor([12, 3, 0])]
+    for i in range(nfe):  # ceil(m / r) unmasked with r calls left
+        expected.append(expected[-1] - (expected[-1] + nfe - i - 1) // (nfe - i))
+    assert torch.equal(left, torch.stack(expected)) and torch.all(left[-1] == 0)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_confident_is_deterministic_with_a_seed_and_follows_labels(guidance):
+    noise = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+
+    def denoiser(z, t, labels):  # the label's token is likely (4, "no label", favours none); fixed noise elsewhere
+        return noise + 3.0 * F.one_hot(labels, 5)[:, None, :4]
+
+    model = MD4(denoiser, vocab_size=4, schedule="linear", num_classes=4)
+    labels = torch.tensor([0, 3])
+    a = sample(model, 2, shape=(64,), steps=8, sampler="confident", labels=labels, guidance=guidance, seed=4)
+    b = sample(model, 2, shape=(64,), steps=8, sampler="confident", labels=labels, guidance=guidance, seed=4)
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == 8
+    assert torch.equal(a.tokens.mode(1).values, labels)
+
+
+def test_confident_runs_with_a_per_token_schedule():
+    """GenMD4: the schedule is ignored; the network sees the masked fraction as t."""
+    recorder = Recorder(lambda z, t: torch.randn(*z.shape, 3))
+    model = model_of(recorder)
+    model.schedule = PerTokenPoly([0.5, 1.0, 3.0])
+    out = sample(model, 4, shape=(10,), steps=4, sampler="confident", seed=0)
+    assert out.nfe == 4 and out.tokens.max() < 3
+    times = torch.stack([t for _, t in recorder.seen])
+    assert torch.allclose(times[:, 0], torch.tensor([1.0, 0.7, 0.4, 0.2]))

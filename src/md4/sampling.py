@@ -13,11 +13,16 @@ Unmasked positions never change. Each sampler name maps to one complete sampler 
 - ``top_p``: the ancestral step on the nucleus of mu (release default p = 0.98);
 - ``mean``: draw x0 ~ mu, then unmask it with the step's probability (paper App. G);
 - ``exact``: first-hitting sampling: draw each next unmasking time directly (one network call per token for
-  MD4; thinning for GenMD4's per-token rates), with no discretisation error.
+  MD4; thinning for GenMD4's per-token rates), with no discretisation error;
+- ``confident``: not the reverse process but MaskGIT's parallel decoding (Chang et al. 2022): each of ``steps``
+  calls unmasks the masked positions where mu is most confident (approximate).
 
 Time grids are ``uniform`` or ``cosine``. Categorical draws are exact in float64 by default (inverse CDF);
 ``categorical="float32-gumbel"`` uses float32 Gumbel-max like the JAX release, which can never pick tokens
-below ~1e-8 probability and so acts as an implicit top-p (paper Sec. 6).
+below ~1e-8 probability and so acts as an implicit top-p (paper Sec. 6). mu itself is float32: the float64
+inverse CDF cannot resolve probabilities below ~1e-16 of a row's mass, float32 holds them down to ~1e-38, and
+its relative rounding (6e-8) is that of the float32 logits it comes from; only the cumulative sum, which would
+swallow small probabilities in float32, and the step probabilities, where a_s - a_t cancels, need float64.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .tokens import check_tokens
 DEFAULT_STEPS = 256  # the one default number of reverse steps (library, CLI and training samples)
 GRIDS = ("uniform", "cosine")
 CATEGORICAL = ("float64", "float32-gumbel")
+NUCLEUS_TOP_K = 64  # nucleus() looks for the nucleus among this many largest probabilities before sorting a row
 
 
 class Diffusion(Protocol):
@@ -98,12 +104,10 @@ def time_grid(num_steps: int, grid: str = "uniform", device=None) -> torch.Tenso
 
 # ---------------------------------------------------------- categorical draws
 def categorical(probs: torch.Tensor, generator: torch.Generator | None, method: str = "float64") -> torch.Tensor:
-    """One draw per row of ``probs`` [N, K] (rows need not be normalised); ``method`` is one of CATEGORICAL."""
+    """One draw per row of ``probs`` [..., K] (rows need not be normalised); ``method`` is one of CATEGORICAL."""
     if method == "float64":
-        cdf = probs.double().cumsum(-1)
-        u = torch.rand(cdf.shape[:-1] + (1,), dtype=torch.float64, device=probs.device, generator=generator)
-        idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).squeeze(-1)
-        return idx.clamp_max(probs.shape[-1] - 1)
+        u = torch.rand(probs.shape[:-1] + (1,), dtype=torch.float64, device=probs.device, generator=generator)
+        return _inverse_cdf(probs.cumsum(-1, dtype=torch.float64), u)
     if method == "float32-gumbel":
         tiny = torch.finfo(torch.float32).tiny
         u = torch.rand(probs.shape, dtype=torch.float32, device=probs.device, generator=generator)
@@ -112,12 +116,33 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None, method: 
     raise ValueError(f"Unknown categorical draw {method!r}; valid options are: {', '.join(CATEGORICAL)}.")
 
 
+def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The index where u [..., 1] in [0, 1) falls in the cumulative sums ``cdf`` [..., K] scaled to their total."""
+    idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).squeeze(-1)
+    return idx.clamp_max(cdf.shape[-1] - 1)
+
+
+def _keep_nucleus(probs: torch.Tensor, top_p: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [N, V] with only their nucleus among their k largest values kept, and whether k reached top_p."""
+    top, order = probs.topk(k, dim=-1)
+    mass = top.cumsum(-1)
+    kept = torch.zeros_like(probs).scatter(-1, order, torch.where(mass - top < top_p, top, torch.zeros_like(top)))
+    return kept, mass[:, -1] >= top_p
+
+
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose mass reaches top_p (always the most likely one); renormalise."""
-    sorted_p, order = probs.sort(-1, descending=True)
-    before = sorted_p.cumsum(-1) - sorted_p
-    sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
-    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    """Keep the smallest set of tokens whose mass reaches top_p (always the most likely one); renormalise.
+
+    The nucleus is looked for among the NUCLEUS_TOP_K largest probabilities (torch.topk) and only rows whose
+    nucleus is larger are sorted in full: the same result as sorting every row (up to the order of ties).
+    """
+    flat = probs.reshape(-1, probs.shape[-1])
+    k = min(NUCLEUS_TOP_K, flat.shape[-1])
+    kept, found = _keep_nucleus(flat, top_p, k)
+    if k < flat.shape[-1] and not bool(found.all()):
+        rest = (~found).nonzero().squeeze(-1)
+        kept[rest] = _keep_nucleus(flat[rest], top_p, flat.shape[-1])[0]
+    kept = kept.reshape(probs.shape)
     return kept / kept.sum(-1, keepdim=True)
 
 
@@ -146,7 +171,7 @@ class Network:
     than 1 follows them more closely. Both are computed in one call on a doubled batch.
     """
 
-    def __init__(self, model: Diffusion, labels: torch.Tensor | None, categorical_method: str, guidance: float = 1.0):
+    def __init__(self, model: Diffusion, labels: torch.Tensor | None, guidance: float = 1.0):
         self.model, self.labels, self.guidance = model, labels, float(guidance)
         if self.guidance != 1.0:
             if labels is None or getattr(model, "num_classes", None) is None:
@@ -154,7 +179,6 @@ class Network:
             self.unlabelled = torch.full_like(labels, model.num_classes)
             if self.guidance == 0.0:  # exactly the unconditional model
                 self.labels, self.guidance = self.unlabelled, 1.0
-        self.dtype = torch.float64 if categorical_method == "float64" else torch.float32
         self.reuse = bool(model.time_independent)
         self.nfe = 0
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -163,7 +187,7 @@ class Network:
         if self.guidance == 1.0:
             return self.model.logits(z, t, self.labels)
         both = self.model.logits(torch.cat([z, z]), torch.cat([t, t]), torch.cat([self.labels, self.unlabelled]))
-        labelled, unlabelled = both.to(self.dtype).chunk(2)
+        labelled, unlabelled = both.float().chunk(2)
         return unlabelled + self.guidance * (labelled - unlabelled)
 
     def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -171,8 +195,9 @@ class Network:
             return self._last[1]
         logits = self._logits(z, t.float())
         self.nfe += 1
-        probs = F.softmax(logits.to(self.dtype), dim=-1)
-        self._last = (z.clone(), probs)
+        probs = F.softmax(logits.float(), dim=-1)
+        if self.reuse:
+            self._last = (z.clone(), probs)
         return probs
 
 
@@ -198,12 +223,11 @@ StepRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Genera
 def ancestral_step(mu, alpha_s, alpha_t, mask_id, generator, method):
     """Draw z_s over V + 1 outcomes (Alg. 2): mu_v (a_s - a_t)/(1 - a_t) per value, the rest stays masked.
 
-    ``alpha_s``/``alpha_t`` are scalars (a shared schedule) or [V] (a per-token one); index V is the mask id.
+    ``alpha_s``/``alpha_t`` are float64 scalars (a shared schedule) or [V] (a per-token one); index V is the mask id.
     """
-    alpha_s, alpha_t = alpha_s.to(mu.dtype), alpha_t.to(mu.dtype)
-    unmask = mu * (alpha_s - alpha_t) / (1.0 - alpha_t)
-    stay = (mu * (1.0 - alpha_s) / (1.0 - alpha_t)).sum(-1, keepdim=True)
-    return categorical(torch.cat([unmask, stay], dim=-1), generator, method)
+    unmask = (alpha_s - alpha_t) / (1.0 - alpha_t)  # in float64: a_s - a_t cancels near t = 0
+    stay = (mu * ((1.0 - alpha_s) / (1.0 - alpha_t)).to(mu.dtype)).sum(-1, keepdim=True)
+    return categorical(torch.cat([mu * unmask.to(mu.dtype), stay], dim=-1), generator, method)
 
 
 def mean_step(mu, alpha_s, alpha_t, mask_id, generator, method):
@@ -234,7 +258,15 @@ class Sampler(ABC):
 
 
 class GridSampler(Sampler):
-    """Steps t_i -> t_{i-1} on a time grid with one step rule; positions still masked at t = 0 take argmax mu."""
+    """Steps t_i -> t_{i-1} on a time grid with one step rule; positions still masked at t = 0 take argmax mu.
+
+    With a shared schedule (MD4) and float64 draws the three step rules are one transition: a masked position
+    unmasks with probability (a_s - a_t) / (1 - a_t) whatever mu, to a draw from mu (its nucleus for top_p). So
+    the unmasking positions are drawn first and only their rows of mu are truncated and drawn from: O(unmasking
+    x V) work per step rather than O(masked x V), for one wait on the device (gathering those rows). Otherwise
+    (a per-token schedule, or the release's float32 Gumbel draw over V + 1 outcomes) the step rule is drawn at
+    every position and kept at the masked ones. Both stop once nothing is masked.
+    """
 
     def __init__(
         self,
@@ -247,22 +279,36 @@ class GridSampler(Sampler):
     def run(self, net, schedule, z, mask_id, options, generator, observe):
         times = time_grid(options.steps, options.grid, device=z.device)
         alphas = schedule.alpha(times)  # [T + 1] or [T + 1, V], float64
+        step = self._unmask_some if not schedule.per_token and options.categorical == "float64" else self._everywhere
         batch = z.shape[0]
         observe(z)
+        left = int((z == mask_id).sum())
         for i in range(options.steps):
-            masked = z == mask_id
-            if not masked.any():
+            if not left:
                 return z
-            mu = net(z, times[i].expand(batch))[masked]
-            if self.truncate is not None:
-                mu = self.truncate(mu, options)
-            z[masked] = self.step(mu, alphas[i + 1], alphas[i], mask_id, generator, options.categorical)
+            z, unmasked = step(net(z, times[i].expand(batch)), z, alphas[i + 1], alphas[i], mask_id, options, generator)
+            left -= unmasked
             observe(z)
-        masked = z == mask_id
-        if masked.any():
-            z[masked] = net(z, times[-1].expand(batch))[masked].argmax(-1)
+        if left:
+            z = torch.where(z == mask_id, net(z, times[-1].expand(batch)).argmax(-1), z)
             observe(z)
         return z
+
+    def _truncated(self, mu: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+        return mu if self.truncate is None else self.truncate(mu, options)
+
+    def _everywhere(self, mu, z, alpha_s, alpha_t, mask_id, options, generator) -> tuple[torch.Tensor, int]:
+        """The step rule drawn at every position and kept at the masked ones; z and how many were unmasked."""
+        step = self.step(self._truncated(mu, options), alpha_s, alpha_t, mask_id, generator, options.categorical)
+        unmasked = (z == mask_id) & (step != mask_id)
+        return torch.where(unmasked, step, z), int(unmasked.sum())
+
+    def _unmask_some(self, mu, z, alpha_s, alpha_t, mask_id, options, generator) -> tuple[torch.Tensor, int]:
+        """A shared-schedule step: the unmasking positions first, then their tokens; z and how many there were."""
+        u = torch.rand(z.shape, dtype=torch.float64, device=z.device, generator=generator)
+        chosen = ((z == mask_id) & (u < (alpha_s - alpha_t) / (1.0 - alpha_t))).nonzero(as_tuple=True)
+        tokens = categorical(self._truncated(mu[chosen], options), generator, "float64")
+        return z.index_put(chosen, tokens), len(tokens)
 
 
 def inverse_alpha(schedule, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
@@ -359,6 +405,44 @@ class ExactSampler(Sampler):
                 observe(z)
 
 
+class ConfidentSampler(Sampler):
+    """MaskGIT's parallel decoding (Chang et al. 2022): each of ``steps`` network calls unmasks the masked positions
+    where mu is most confident, confidence being max_v mu[v] (MaskGIT ranks by the drawn token's probability, with
+    noise), and draws their tokens from mu.
+
+    A row with m masked positions and r calls left unmasks ceil(m / r) of them, so all are unmasked after
+    min(steps, max m) calls. The positions are ranked before any token is drawn (ties to the first), so each
+    token is a plain draw from mu at its position; but neither the order nor the joint unmasking of several
+    positions from their separate marginals is the reverse process, so the samples are approximate even at one
+    token per call. The network sees the t at which 1 - alpha(t) is the row's masked fraction (the fraction
+    itself for a per-token schedule, which this sampler otherwise ignores).
+    """
+
+    description = "MaskGIT-style: each of --steps calls unmasks the most confident masked positions (approximate)"
+    uses_grid = False
+
+    def run(self, net, schedule, z, mask_id, options, generator, observe):
+        observe(z)
+        batch, shape = z.shape[0], z.shape
+        z = z.reshape(batch, -1)
+        masked = z == mask_id
+        calls = min(options.steps, int(masked.sum(1).max()))
+        rank = torch.arange(z.shape[1], device=z.device)
+        for i in range(calls):
+            count = masked.sum(1)
+            fraction = count.double() / z.shape[1]
+            t = fraction if schedule.per_token else inverse_alpha(schedule, 1.0 - fraction)
+            probs = net(z.reshape(shape), t).reshape(batch, z.shape[1], -1)
+            confidence = torch.where(masked, probs.amax(-1), -1.0)
+            order = confidence.argsort(dim=1, descending=True, stable=True)
+            take = (count + calls - i - 1) // (calls - i)  # ceil(m / r)
+            chosen = torch.zeros_like(masked).scatter(1, order, rank < take[:, None])
+            z = torch.where(chosen, categorical(probs, generator, options.categorical), z)
+            masked = masked & ~chosen
+            observe(z.reshape(shape))
+        return z.reshape(shape)
+
+
 def _unmask(z: torch.Tensor, rows: torch.Tensor, position: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     """z with ``token`` written at the flat ``position`` of each row where ``rows`` is True."""
     batch = z.shape[0]
@@ -375,6 +459,7 @@ SAMPLERS: dict[str, Sampler] = {
     ),
     "mean": GridSampler(mean_step, "draw x0 ~ mu, then unmask with the step's probability (App. G)"),
     "exact": ExactSampler(),
+    "confident": ConfidentSampler(),
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
 
@@ -427,8 +512,8 @@ def sample(
     Args:
         model: an :class:`md4.MD4` (its denoiser, schedule and vocabulary are used as trained).
         num_samples: how many samples; with ``shape`` (default ``model.data_shape``) it gives z_1's shape.
-        steps: reverse steps T on the time grid (unused by ``exact``).
-        sampler: a name in :data:`SAMPLERS`: ``ancestral``, ``top_p``, ``mean`` or ``exact``.
+        steps: reverse steps T on the time grid (unused by ``exact``); network calls for ``confident``.
+        sampler: a name in :data:`SAMPLERS`: ``ancestral``, ``top_p``, ``mean``, ``exact`` or ``confident``.
         grid: ``uniform`` or ``cosine`` time grid.
         top_p: nucleus mass for ``top_p``.
         categorical: ``float64`` (exact draws) or ``float32-gumbel`` (the release's truncating draws).
@@ -472,7 +557,7 @@ def sample(
                 f"labels must be one class id per sample in 0..{classes - 1} ({classes} means no label), "
                 f"got shape {tuple(labels.shape)} and ids {int(labels.min())}..{int(labels.max())}."
             )
-    net = Network(model, labels, options.categorical, guidance)
+    net = Network(model, labels, guidance)
     generator = _resolve_generator(generator, seed, z.device)
     trajectory = Trajectory(snapshots, mask_id)
     tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, trajectory)
