@@ -45,9 +45,8 @@ def main() -> None:
     for setting in SETTINGS:
         command = [sys.executable, __file__, "--one", setting, *sys.argv[1:]]
         row = json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()[-1])
-        print(
-            f"| {setting} | {row['seconds_per_step']:.3f} | {row['tokens_per_second']:,.0f} | {row['peak_rss_mib']:,.0f} |"
-        )
+        cells = f"{row['seconds_per_step']:.3f} | {row['tokens_per_second']:,.0f} | {row['peak_rss_mib']:,.0f}"
+        print(f"| {setting} | {cells} |")
 
 
 if __name__ == "__main__":
