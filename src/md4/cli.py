@@ -413,6 +413,19 @@ def demo_images(run, run_dir: Path) -> dict:
     return {name: str(path) for name, path in paths.items()}
 
 
+# ------------------------------------------------------------------ bench
+def cmd_bench(args) -> int:
+    from md4.bench import format_report, run_suite
+
+    for name in ("steps", "warmup", "threads"):
+        positive(f"--{name}", getattr(args, name))
+    report = run_suite(args.models, args.modes, args.sampling, args.device, args.threads, args.steps, args.warmup)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report, args.markdown))
+    return 0
+
+
 # ----------------------------------------------------------------- parser
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that load a trained run."""
@@ -560,6 +573,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     p.set_defaults(func=cmd_demo)
+
+    from md4.bench import MODELS, MODES, SAMPLE_NUM, SAMPLE_STEPS
+
+    p = sub.add_parser(
+        "bench",
+        help="training-step throughput, MFU and peak memory of the text networks",
+        description="Time whole training steps of each model in each mode, each in a fresh process, against the "
+        "machine's matrix-product peak measured in the same run; print a table (progress goes to stderr).",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        metavar="MODEL",
+        help="demo (shakespeare-char, 4 x 192, batch 32 x 128), text8 (the release's 88.7M network, batch 8 x 256), "
+        "6x384 (text8 at 6 layers of width 384, batch 8 x 256); default: all",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        default=list(MODES),
+        metavar="MODE",
+        help="fp32 (eager), bf16 (autocast, eager), bf16-compile (autocast and torch.compile); default: all",
+    )
+    p.add_argument("--steps", type=int, help="timed steps of every model (default: each model's own)")
+    p.add_argument("--warmup", type=int, help="untimed first steps of every model (default: each model's own)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument(
+        "--sampling",
+        nargs="*",
+        choices=list(MODELS),
+        metavar="MODEL",
+        help=f"also time drawing {SAMPLE_NUM} samples in {SAMPLE_STEPS} steps with these models; none if no name is "
+        f"given (default: those of --models among {', '.join(m for m in MODELS if MODELS[m].sampled)})",
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the full results as JSON to PATH")
+    p.add_argument("--markdown", action="store_true", help="print markdown tables instead of aligned columns")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
