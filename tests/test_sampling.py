@@ -49,17 +49,28 @@ def test_cosine_grid_and_top_p_one_also_match(oracle):
 
 
 def test_cached_sampler_equals_uncached_with_fewer_calls(oracle):
-    kwargs = dict(steps=200, seed=3)
+    """The release's draw over V + 1 outcomes calls the network at every step, unless it ignores t."""
+    kwargs = dict(steps=200, seed=3, categorical="float32-gumbel")
     cached = sample(model_of(oracle, "cosine"), 64, shape=(4,), **kwargs)
     uncached = sample(model_of(lambda z, t: oracle(z, t), "cosine"), 64, shape=(4,), **kwargs)  # hides the flag
     assert torch.equal(cached.tokens, uncached.tokens)
     assert uncached.nfe == 200 and cached.nfe < uncached.nfe
 
 
-def test_cached_sampler_is_exact_for_a_single_sequence(oracle):
-    """Batch of one: at most D + 1 calls for D positions, whatever the number of steps."""
-    out = sample(model_of(oracle, "linear"), 1, shape=(4,), steps=10000, seed=0)
-    assert out.nfe <= 5
+@pytest.mark.parametrize("time_independent", [True, False])
+def test_a_step_that_unmasks_nothing_calls_no_network(oracle, time_independent):
+    """Batch of one, shared schedule: at most D calls for D positions, whatever the number of steps, also for a
+    network that depends on t (the unmasking positions are drawn before mu is needed)."""
+    net = oracle if time_independent else (lambda z, t: oracle(z, t))
+    out = sample(model_of(net, "linear"), 1, shape=(4,), steps=10000, seed=0)
+    assert out.nfe <= 4 and out.tokens.max() < 3
+
+
+def test_skipping_calls_keeps_the_joint_for_a_time_dependent_network(oracle):
+    n = 20000
+    out = sample(model_of(lambda z, t: oracle(z, t), "cosine"), n, shape=(4,), steps=1000, seed=4)
+    assert out.nfe < 1000
+    assert _empirical_tv(oracle, out.tokens) < _tv_tolerance(oracle, n)
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLER_NAMES))

@@ -31,6 +31,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -263,7 +264,9 @@ class GridSampler(Sampler):
     With a shared schedule (MD4) and float64 draws the three step rules are one transition: a masked position
     unmasks with probability (a_s - a_t) / (1 - a_t) whatever mu, to a draw from mu (its nucleus for top_p). So
     the unmasking positions are drawn first and only their rows of mu are truncated and drawn from: O(unmasking
-    x V) work per step rather than O(masked x V), for one wait on the device (gathering those rows). Otherwise
+    x V) work per step rather than O(masked x V), for one wait on the device (gathering those rows); and a step
+    that unmasks nothing calls no network at all, time-conditioned or not, so the NFE is the number of steps
+    that change z (at most the number of masked positions, as the exact sampler's). Otherwise
     (a per-token schedule, or the release's float32 Gumbel draw over V + 1 outcomes) the step rule is drawn at
     every position and kept at the masked ones. Both stop once nothing is masked.
     """
@@ -286,7 +289,8 @@ class GridSampler(Sampler):
         for i in range(options.steps):
             if not left:
                 return z
-            z, unmasked = step(net(z, times[i].expand(batch)), z, alphas[i + 1], alphas[i], mask_id, options, generator)
+            mu = partial(net, z, times[i].expand(batch))  # called only if the step needs it
+            z, unmasked = step(mu, z, alphas[i + 1], alphas[i], mask_id, options, generator)
             left -= unmasked
             observe(z)
         if left:
@@ -299,15 +303,18 @@ class GridSampler(Sampler):
 
     def _everywhere(self, mu, z, alpha_s, alpha_t, mask_id, options, generator) -> tuple[torch.Tensor, int]:
         """The step rule drawn at every position and kept at the masked ones; z and how many were unmasked."""
-        step = self.step(self._truncated(mu, options), alpha_s, alpha_t, mask_id, generator, options.categorical)
+        step = self.step(self._truncated(mu(), options), alpha_s, alpha_t, mask_id, generator, options.categorical)
         unmasked = (z == mask_id) & (step != mask_id)
         return torch.where(unmasked, step, z), int(unmasked.sum())
 
     def _unmask_some(self, mu, z, alpha_s, alpha_t, mask_id, options, generator) -> tuple[torch.Tensor, int]:
-        """A shared-schedule step: the unmasking positions first, then their tokens; z and how many there were."""
+        """A shared-schedule step: the unmasking positions first, then (only if there are any) the network and their
+        tokens; z and how many there were."""
         u = torch.rand(z.shape, dtype=torch.float64, device=z.device, generator=generator)
         chosen = ((z == mask_id) & (u < (alpha_s - alpha_t) / (1.0 - alpha_t))).nonzero(as_tuple=True)
-        tokens = categorical(self._truncated(mu[chosen], options), generator, "float64")
+        if not len(chosen[0]):
+            return z, 0
+        tokens = categorical(self._truncated(mu()[chosen], options), generator, "float64")
         return z.index_put(chosen, tokens), len(tokens)
 
 
