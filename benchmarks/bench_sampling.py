@@ -5,13 +5,13 @@ Usage:
     python benchmarks/bench_sampling.py --run RUN [--cached-run RUN_TI] --against REV [--repeats 3]
 
 The first form samples ``--batch`` sequences of the run's length with: ancestral at T = 8 ... 1000 grid steps; the
-cached ancestral sampler (the same loop, which skips the network when nothing was unmasked since its last call;
-only a network that ignores t allows it: the run's own if it does, else ``--cached-run``, a run trained with
-net.time_conditioning=none) at T = 64, 256, 1000; exact (one call per token); and confident (MaskGIT-style) at
-T = 8 ... 128 calls; each in float32 and under bf16 autocast, one after the other so that drifting load hits both
-alike. It prints a markdown table: network calls (NFE), samples/s (median over repeats, after a warm-up), and the
-quality of all repeats' samples: generative perplexity under an n-gram model fitted on the run's training split
-(md4.ngram) and the mean entropy of each sample's tokens in bits, with held-out test text as the reference.
+cached ancestral sampler (the same loop on a network that ignores t, whose output the sampler reuses while z is
+unchanged: the run's own if it ignores t, else ``--cached-run``, a run trained with net.time_conditioning=none) at T
+= 64, 256, 1000; exact (one call per token); and confident (MaskGIT-style) at T = 8 ... 128 calls; each in float32
+and under bf16 autocast, one after the other so that drifting load hits both alike. It prints a markdown table:
+network calls (NFE), samples/s (median over repeats, after a warm-up), and the quality of all repeats' samples:
+generative perplexity under an n-gram model fitted on the run's training split (md4.ngram) and the mean entropy of
+each sample's tokens in bits, with held-out test text as the reference.
 
 The second form times ``sample()`` of the working tree against ``git show REV:src/md4/sampling.py`` side by side
 (interleaved, medians) on the run's model and on fixed logits over a GPT-2-sized vocabulary (the loop's own cost).

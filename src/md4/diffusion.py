@@ -168,10 +168,6 @@ class MaskedDiffusion(nn.Module):
             raise ValueError(f"The denoiser returned logits of shape {tuple(logits.shape)}; expected {expected}.")
         return logits
 
-    def log_probs(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """log mu_theta(z_t, t) in float32, shape [B, *shape, V]."""
-        return F.log_softmax(self.logits(z, t, labels).float(), dim=-1)
-
     def masked_log_probs(
         self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

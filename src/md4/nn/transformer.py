@@ -341,13 +341,13 @@ class Transformer(nn.Module):
     # Activation checkpointing: with gradients on, each block's activations are recomputed in the backward
     # pass (torch.utils.checkpoint, dropout masks replayed), about one more forward pass for much less memory.
     checkpointing = False
+    accepts_select = True  # forward(..., select=) gives the logits of the selected positions only
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
         self.vocab_size = config.vocab_size
         self.time_independent = config.time_conditioning == "none"
-        self.accepts_select = True  # forward(..., select=) gives the logits of selected positions only
         d, c = config.dim, config.conditioning_width
 
         if config.outside_embed_dim is None:
