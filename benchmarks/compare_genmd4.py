@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from md4.config import build_config, resume_config
+from md4.config import build_config
 from md4.evaluate import estimate_nelbo, held_out_batches
 from md4.generate import generate
-from md4.run import is_run, load_run
+from md4.run import is_run, load_run, resume_config
 from md4.schedule_plot import plot_schedule, ranked_exponents
 from md4.train import build_trainer
 
@@ -34,7 +34,7 @@ def run_one(out: Path, preset: str, seed: int, steps: int) -> dict:
     config = resume_config(out, overrides) if resume else build_config(preset, overrides)
     result = build_trainer(config, out, resume, progress=False).fit()
     run = load_run(out)
-    batches, _ = held_out_batches(run, None, "test", config.train.batch_size)
+    batches = held_out_batches(run, None, "test", config.train.batch_size).batches
     test = estimate_nelbo(run.model, batches, seed=0, precision=config.train.precision)
     summary = {
         "preset": preset,

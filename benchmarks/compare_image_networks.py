@@ -78,7 +78,7 @@ def main() -> None:
         started = time.time()
         result = build_trainer(config, run_dir, resume=is_run(run_dir), progress=False).fit()
         run = load_run(run_dir)
-        batches, _ = held_out_batches(run, None, "test", 256)
+        batches = held_out_batches(run, None, "test", 256).batches
         test = estimate_nelbo(run.model, batches, seed=0, precision=config.train.precision)
         results.append(
             {

@@ -344,7 +344,7 @@ def test_a_path_names_one_dataset_however_it_is_written(
     monkeypatch.chdir(tmp_path)  # another working directory
     elsewhere = prepare("home/data/book.txt")
     assert (elsewhere.key, elsewhere.fingerprint) == (first.key, first.fingerprint)
-    assert [p.name for p in isolated_cache.iterdir()] == [first.key]
+    assert [p.name for p in isolated_cache.iterdir() if p.name != ".locks"] == [first.key]
     assert first.key.startswith("text-book-")
 
 
@@ -618,13 +618,14 @@ def test_hub_recipe_with_fake_datasets(gpt2_cache: Path, isolated_cache: Path, m
     docs = [f"Document number {i}." for i in range(400)]
     calls = []
 
-    def load_dataset(name: str, config: str | None) -> dict[str, FakeDataset]:
-        calls.append((name, config))
+    def load_dataset(name: str, config: str | None, **options) -> dict[str, FakeDataset]:
+        calls.append((name, config, options))
         return {"train": FakeDataset(docs)}
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    fake = types.SimpleNamespace(load_dataset=load_dataset, __version__="4.2.0")
+    monkeypatch.setitem(sys.modules, "datasets", fake)
     data = prepare("hf:someone/corpus:small")
-    assert calls == [("someone/corpus", "small")]
+    assert calls == [("someone/corpus", "small", {})]  # datasets >= 4 runs no dataset scripts at all
     assert data.meta["documents"] == {"train": 396, "valid": 2, "test": 2}
     tok = data.tokenizer
     assert tok.decode(data.splits["valid"]) == "<|endoftext|>".join(docs[-4:-2]) + "<|endoftext|>"
@@ -633,6 +634,24 @@ def test_hub_recipe_with_fake_datasets(gpt2_cache: Path, isolated_cache: Path, m
     assert prepare("hf:someone/corpus:small").meta == data.meta and len(calls) == 1
     assert data.key.startswith("hf-someone_corpus-small-")
     assert data.fingerprint == recomputed_fingerprint(isolated_cache / data.key)  # streamed in chunks
+
+
+@pytest.mark.parametrize(
+    ("version", "options"),
+    [("4.0.0", {}), ("5.2.0", {}), ("3.6.0", {"trust_remote_code": False}), ("2.16.1", {"trust_remote_code": False})],
+)
+def test_hub_datasets_never_run_remote_code(version: str, options: dict) -> None:
+    """Issue 16, item 2: versions of datasets that can run a dataset's own script are told not to, or refused."""
+    assert hub.no_remote_code(version) == options
+
+
+def test_hub_datasets_too_old_to_refuse_remote_code(isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    fake = types.SimpleNamespace(load_dataset=lambda *args, **options: calls.append(args), __version__="2.15.0")
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.raises(DataError, match=r"datasets 2.15.0 may run a hub dataset's own code .* 'datasets>=4'"):
+        prepare("hf:someone/corpus")
+    assert calls == [] and not any(isolated_cache.glob("hf-*"))
 
 
 def test_hub_without_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from cli_runs import cli
 from oracle import StateDependentOracle
 
 from md4 import MD4, get_schedule, sample
@@ -194,8 +195,11 @@ def test_the_schedule_is_learned_saved_and_averaged_like_a_weight():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"w_init": 0.0}, "initial exponent w must be > 0"),
-        ({"w_init": -1.0}, "initial exponent w must be > 0"),
+        ({"w_init": 0.0}, r"initial exponent w must be in \(0, 1000\]"),
+        ({"w_init": -1.0}, r"initial exponent w must be in \(0, 1000\]"),
+        ({"w_init": float("inf")}, r"initial exponent w must be in \(0, 1000\]"),  # issue 16, item 17
+        ({"w_init": float("nan")}, r"initial exponent w must be in \(0, 1000\]"),
+        ({"w_init": 1001.0}, r"initial exponent w must be in \(0, 1000\]"),
         ({"t1": 0.0}, r"t1 must be in \(0, 1\)"),
         ({"t1": 1.0}, r"t1 must be in \(0, 1\)"),
         ({"eps": 0.0}, r"eps must be in \(0, 0.5\)"),
@@ -205,6 +209,13 @@ def test_the_schedule_is_learned_saved_and_averaged_like_a_weight():
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GenMD4Options(**kwargs)
+
+
+def test_large_initial_exponents_are_exact():
+    """Issue 16, item 17: softplus^-1 of a large w_init no longer overflows (it did above about 710)."""
+    for w in (1e-3, 1.0, 709.0, 800.0, 1000.0):
+        schedule = TokenPolynomialSchedule(2, w)
+        assert torch.allclose(schedule.exponents.detach(), torch.full((2,), w), rtol=1e-6)
 
 
 def test_no_discrete_bound_and_a_clear_refusal():
@@ -238,14 +249,6 @@ TINY = [
     "train.steps=4",
     "train.ema_decay=0.5",
 ]
-
-
-def cli(capsys, *argv):
-    from md4.cli import main
-
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_genmd4_through_train_sample_eval_and_inspect(corpus, tmp_path, capsys):

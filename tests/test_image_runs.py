@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cli_runs import cli
 from PIL import Image
 
 from md4 import sample
@@ -32,12 +33,6 @@ TINY = [
     "train.checkpoint_every=4",
     "train.warmup_steps=1",
 ]
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

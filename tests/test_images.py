@@ -414,8 +414,9 @@ def test_image_folder_with_class_subfolders(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     name = "images:photos:8x6"
     assert canonical_name(name) == f"images:{tmp_path / 'photos'}:8x6" and is_image_recipe(name)
-    assert recipe_image_shape(name) is None and recipe_num_classes(name) is None and recipe_vocab_size(name) == 256
-    data = prepare(name, levels=32)
+    assert recipe_image_shape(name) == (8, 6, 3) and recipe_num_classes(name) == 2 and recipe_vocab_size(name) == 256
+    with pytest.warns(UserWarning, match=r"resized and centre-cropped 40 of the 40 images .* \(12 different sizes\)"):
+        data = prepare(name, levels=32)
     assert data.codec.to_dict() == {"type": "image", "height": 8, "width": 6, "channels": 3, "levels": 32}
     assert sizes(data) == {"train": 36, "valid": 2, "test": 2} and data.num_classes == 2
     assert data.meta["classes"] == ["cat", "dog"] and max(map(np.max, data.splits.values())) < 32
@@ -429,8 +430,12 @@ def test_image_folder_with_class_subfolders(tmp_path: Path, monkeypatch: pytest.
 
 def test_image_folder_unlabelled_and_grayscale(tmp_path: Path, isolated_cache: Path) -> None:
     photo_folder(tmp_path / "gray", None, 20, mode="L")
-    data = prepare(f"images:{tmp_path / 'gray'}")
+    name = f"images:{tmp_path / 'gray'}"  # 12 different sizes: the default size
+    assert recipe_image_shape(name) == (32, 32, 1) and recipe_num_classes(name) is None
+    with pytest.warns(UserWarning, match=r"resized and centre-cropped 20 of the 20 images .* to 32x32"):
+        data = prepare(name)
     assert data.codec.data_shape == (32, 32, 1) and data.labels is None and data.num_classes is None
+    assert data.meta["resized"] == 20 and data.meta["class_counts"] is None
     assert sizes(data) == {"train": 18, "valid": 1, "test": 1}
     assert not list((isolated_cache / data.key).glob("*_labels.bin"))
     test_image = Image.open(tmp_path / "gray" / "img019.png")  # 13 x 13 pixels: scaled up to 32 x 32

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from md4.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from md4.config import ConfigError, build_config, resume_config
+from md4.config import ConfigError, build_config
 from md4.data import ArrayDataset, RawCodec, TokenStream, prepare
 from md4.diffusion import MD4
 from md4.evaluate import estimate_nelbo
 from md4.models import DataSpec, build_model
-from md4.run import RunError, load_run
+from md4.run import RunError, load_run, resume_config
 from md4.sampling import sample
 from md4.schedules import PolynomialSchedule
 from md4.train import EMA, Trainer, learning_rate, parameter_groups, train

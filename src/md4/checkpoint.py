@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from md4.files import fsync_dir, fsync_file
@@ -72,7 +73,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+    return sorted(found, key=step_of)
 
 
 def _remove(path: Path) -> None:
@@ -131,6 +132,9 @@ def save_checkpoint(
         save_file(_clean_state(ema), tmp / "ema.safetensors")
         torch.save({"optimizer": optimizer, "rng": rng}, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        mode = stat.S_IMODE((tmp / "state.json").stat().st_mode)  # the user's umask (safetensors writes 0600)
+        for name in ("model.safetensors", "ema.safetensors"):
+            os.chmod(tmp / name, mode)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -217,6 +221,7 @@ def load_checkpoint(
 
 def _read(path: Path, map_location, weights_only: bool) -> Checkpoint:
     verify_checkpoint(path)
+    state = read_state(path)
     try:
         model = load_file(path / "model.safetensors", device=str(map_location))
         ema = load_file(path / "ema.safetensors", device=str(map_location))
@@ -224,9 +229,73 @@ def _read(path: Path, map_location, weights_only: bool) -> Checkpoint:
         raise CheckpointError(f"Cannot read the weights in {path} ({err}); the checkpoint is corrupt.") from None
     trainer = {"optimizer": {}, "rng": {}}
     if not weights_only:
-        trainer = torch.load(path / "trainer.pt", map_location=map_location, weights_only=True)
-    state = json.loads((path / "state.json").read_text())
+        trainer = read_trainer_state(path / "trainer.pt", map_location)
     return Checkpoint(path, model, ema, trainer["optimizer"], trainer["rng"], state)
+
+
+def _damaged(file: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint file {file} is damaged ({what}); delete that checkpoint directory or use an older one "
+        "(--checkpoint STEP)."
+    )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``: an object whose ``step`` is its folder's step and whose counters are
+    non-negative integers."""
+    file = path / "state.json"
+    try:
+        state = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _damaged(file, "not valid JSON") from None
+    if not isinstance(state, dict):
+        raise _damaged(file, f"it holds a {type(state).__name__}, not an object")
+    bad = next((key for key in ("step", "tokens_seen") if key in state and not _count(state[key])), None)
+    if bad is not None or "step" not in state:
+        raise _damaged(file, f"{bad or 'step'} is {state.get(bad or 'step')!r}, not a non-negative integer")
+    if path.name.startswith(_PREFIX) and path.name[len(_PREFIX) :].isdigit() and state["step"] != step_of(path):
+        raise _damaged(file, f"its step {state['step']} is not the step {step_of(path)} of its folder")
+    return state
+
+
+def read_trainer_state(file: Path, map_location) -> dict[str, Any]:
+    """``trainer.pt``: the optimizer's state dict and the generators' states, loaded with ``weights_only`` (plain
+    containers and tensors; anything else is refused by torch's restricted unpickler)."""
+    try:
+        trainer = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 (the restricted unpickler and the zip reader raise many kinds)
+        first_line = (str(err).splitlines() or ["unreadable"])[0]
+        raise _damaged(file, f"{type(err).__name__}: {first_line}") from None
+    optimizer = trainer.get("optimizer") if isinstance(trainer, dict) else None
+    rng = trainer.get("rng") if isinstance(trainer, dict) else None
+    well_formed = (
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("state"), dict)
+        and isinstance(optimizer.get("param_groups"), list)
+        and isinstance(rng, dict)
+        and all(isinstance(rng.get(key), torch.Tensor) for key in ("torch", "data"))
+    )
+    if not well_formed:
+        raise _damaged(file, "it does not hold an optimizer state and the generators' states")
+    return trainer
+
+
+def step_of(path: Path) -> int:
+    """The step of a checkpoint folder ``step_XXXXXXXX``."""
+    return int(path.name[len(_PREFIX) :])
+
+
+def weight_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a safetensors file, read from its header alone (nothing is loaded)."""
+    try:
+        with safe_open(file, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"Cannot read the weights in {file} ({err}); the checkpoint is corrupt.") from None
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
@@ -243,9 +312,9 @@ def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> Path
         return latest_checkpoint(run_dir)
     found = list_checkpoints(run_dir)
     for path in found:
-        if int(path.name[len(_PREFIX) :]) == step:
+        if step_of(path) == step:
             return path
-    steps = ", ".join(str(int(p.name[len(_PREFIX) :])) for p in found) or "none"
+    steps = ", ".join(str(step_of(p)) for p in found) or "none"
     raise CheckpointError(f"{run_dir} has no checkpoint of step {step}; its checkpoints are at steps: {steps}.")
 
 
@@ -270,7 +339,7 @@ def read_checkpoint(
 def supersede_after(run_dir: str | os.PathLike, step: int) -> Path | None:
     """Move the checkpoints newer than ``step`` aside (``checkpoints/superseded-TIME/``), so that a resume from
     an older checkpoint never mixes two trajectories and nothing is deleted; return the folder, if any."""
-    newer = [p for p in list_checkpoints(run_dir) if int(p.name[len(_PREFIX) :]) > step]
+    newer = [p for p in list_checkpoints(run_dir) if step_of(p) > step]
     if not newer:
         return None
     aside = Path(run_dir) / CHECKPOINT_DIR / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import torch
 
+from md4.config import DEFAULT_PRESET, IMAGE_PRESET
 from md4.device import PRECISIONS
 from md4.evaluate import DEFAULT_BOUND_STEPS
+from md4.files import write_atomic
 from md4.sampling import CATEGORICAL, DEFAULT_STEPS, GRIDS, SAMPLERS
 
-DEMO_PRESET = "shakespeare-char"
-IMAGE_DEMO_PRESET = "mnist"
 DEMO_PROMPT = "ROMEO:"
 # Exit codes (README, "Exit codes"): 0 done; 1 an unexpected error; 2 bad input, refused or damaged files;
 # 3 training diverged; 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint (also for
 # md4 train --nproc; each torchrun worker exits 0, so that torchrun neither reports a failure nor restarts them).
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+DEFAULT_MASK = "bottom-half"  # the region md4 sample --infill-image fills
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -33,16 +34,39 @@ def positive(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value}.")
 
 
+def check_output_file(path: Path, option: str, example: str) -> None:
+    """Refuse an output file option that names a folder or a file inside a file, or one that cannot be written."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; name a file in it, such as {path / example}.")
+    folder = path.parent
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{option} {path} is inside {blocker}, which is a file; choose another path.")
+    if not os.access(blocker or Path("."), os.W_OK):
+        raise ValueError(f"{option} {path} cannot be written ({blocker} is not writable); choose another path.")
+
+
 # ------------------------------------------------------------------ train
-def describe(trainer, resume: bool) -> str:
-    """The banner: what is trained on which data, into where."""
+def describe(trainer, resume: bool, note: str = "") -> str:
+    """The banner: what is trained on which data, into where (and ``note``, when there is one)."""
     model = trainer.config.model
     params = sum(p.numel() for p in trainer.model.parameters())
     start = f"resuming at step {trainer.step}" if resume else "training"
+    classes = class_counts(trainer.data)
     return (
-        f"md4: {start} a {model['kind']} model ({model['net']}, {params:,} parameters) on {trainer.config.data.name} "
-        f"into {trainer.run_dir}"
+        f"md4: {start} a {model['kind']} model ({model['net']}, {params:,} parameters) on {trainer.config.data.name}"
+        f"{f' ({classes})' if classes else ''} into {trainer.run_dir}{f'; {note}' if note else ''}"
     )
+
+
+def class_counts(dataset, shown: int = 10) -> str:
+    """The images each class of an image folder got, e.g. ``cat 80, dog 80`` (the first ``shown`` classes)."""
+    prepared = getattr(dataset, "prepared", None)
+    counts = prepared.meta.get("class_counts") if prepared is not None else None
+    if not counts:
+        return ""
+    listed = ", ".join(f"{name} {count}" for name, count in list(counts.items())[:shown])
+    return listed + (f", ... ({len(counts)} classes)" if len(counts) > shown else "")
 
 
 def report(result, run_dir: Path, unit: str = "token", processes: int = 1) -> int:
@@ -58,10 +82,13 @@ def report(result, run_dir: Path, unit: str = "token", processes: int = 1) -> in
 
 
 def unit_of(codec) -> str:
-    """What a bit is counted per: a dimension (sub-pixel) of an image, or a token of text."""
-    from md4.data import ImageCodec
+    """What a bit is counted per: a dimension (sub-pixel) of an image, a character of character-level text, or a
+    token (GPT-2's BPE, raw tokens)."""
+    from md4.data import CharTokenizer, ImageCodec
 
-    return "dim" if isinstance(codec, ImageCodec) else "token"
+    if isinstance(codec, ImageCodec):
+        return "dim"
+    return "char" if isinstance(codec, CharTokenizer) else "token"
 
 
 def without_option(argv: list[str], option: str) -> list[str]:
@@ -77,27 +104,53 @@ def without_option(argv: list[str], option: str) -> list[str]:
     return kept
 
 
-def cmd_train(args) -> int:
-    from md4 import distributed
-    from md4.config import build_config, resume_config
-    from md4.train import build_trainer
+def training_config(args, quiet: bool = False):
+    """The config of an ``md4 train`` (new or resumed), its run folder, the run's own data for a resume (None:
+    prepare ``config.data.name``), and a note for the banner; ``quiet`` drops the config's warnings."""
+    from md4.config import build_config, default_preset, preset_note
+    from md4.run import own_dataset, resume_config
 
-    if args.nproc is not None and not distributed.launched_by_torchrun():
-        return distributed.launch(args.nproc, without_option(args.argv, "--nproc"))
-    run_dir = Path(args.out or f"runs/{args.preset}")
     if args.checkpoint is not None and not args.resume:
         raise ValueError("--checkpoint picks the checkpoint to resume from; pass it with --resume.")
-    if args.resume:
-        config = resume_config(run_dir, args.overrides, data=args.data)
-    else:
+    preset = args.preset or default_preset(args.data)
+    run_dir = Path(args.out or f"runs/{preset}")
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        if args.resume:
+            config = resume_config(run_dir, args.overrides, data=args.data)
+            return config, run_dir, own_dataset(run_dir, config, args.data), ""
         config = build_config(args.preset, args.overrides, data=args.data)
+    return config, run_dir, None, "" if args.preset else preset_note(preset, args.data)
+
+
+def launch_training(args) -> int:
+    """``md4 train --nproc N``: check what can be checked (config, batch split, run folder, data, checkpoint) in
+    this process, then start the N processes with torchrun."""
+    from md4 import distributed
+    from md4.run import check_run_dir_free
+    from md4.train import training_data
+
+    positive("--nproc", args.nproc)
+    config, run_dir, dataset, _ = training_config(args)
+    check_run_dir_free(run_dir)
+    training_data(config, run_dir, args.resume, args.checkpoint, args.nproc, dataset)
+    return distributed.launch(args.nproc, without_option(args.argv, "--nproc"))
+
+
+def train_process(args) -> int:
+    """One training process: alone, or a rank of several under torchrun."""
+    from md4 import distributed
+    from md4.train import build_trainer
+
+    config, run_dir, dataset, note = training_config(args, quiet=distributed.launched_by_md4())
     world = distributed.connect(config.train.device, config.train.dist_timeout)
     try:
         if not world.is_main:
             warnings.simplefilter("ignore")  # rank 0 speaks for the run
-        trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint, world)
+        trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint, world, dataset)
         if world.is_main:
-            print(describe(trainer, args.resume), file=sys.stderr)
+            print(describe(trainer, args.resume, note), file=sys.stderr)
         result = trainer.fit()
     finally:
         distributed.disconnect()
@@ -105,6 +158,31 @@ def cmd_train(args) -> int:
         return 0
     code = report(result, run_dir, unit_of(trainer.data.codec), world.size)
     return 0 if world.distributed and result.interrupted else code
+
+
+def worker_process(args) -> int:
+    """A worker of ``md4 train --nproc``: md4's own error is left for the launcher, which prints it once, and the
+    worker exits 0 (torchrun then reports nothing); a worker cut short because another one left that way exits 0
+    quietly too. Anything else is a real failure, with its traceback."""
+    from md4 import distributed
+
+    try:
+        return train_process(args)
+    except ValueError as err:
+        distributed.record_failure(str(err), exit_code_of(err))
+        return 0
+    except Exception:
+        if distributed.peer_failed():
+            return 0
+        raise
+
+
+def cmd_train(args) -> int:
+    from md4 import distributed
+
+    if args.nproc is not None and not distributed.launched_by_torchrun():
+        return launch_training(args)
+    return worker_process(args) if distributed.launched_by_md4() else train_process(args)
 
 
 # ----------------------------------------------------------------- sample
@@ -141,7 +219,7 @@ def sample_images(run, args, options: dict) -> tuple[list[Path], int, str]:
     written = []
     if args.infill_image:
         given = torch.as_tensor(codec.read_png(args.infill_image))
-        hole = image_mask(args.mask, codec.data_shape, seed=args.seed)
+        hole = image_mask(args.mask or DEFAULT_MASK, codec.data_shape, seed=args.seed)
         labels = class_labels(run, args.num)
         result = complete(model, given, hole, args.num, labels=labels, seed=args.seed, **options)
         panel = pictures.infill_panel(codec, given, hole, result.tokens.cpu())
@@ -170,14 +248,12 @@ def cmd_sample(args) -> int:
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
     if args.prompt == "":
         raise ValueError("--prompt is empty; give the text the samples start with, or leave --prompt out.")
+    check_guidance(args.guidance)
+    if args.out:
+        check_output_file(Path(args.out), "--out", "sample.png")
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     images = isinstance(run.codec, ImageCodec)
-    text_only = {"--prompt": args.prompt, "--infill": args.infill, "--length": args.length}
-    image_only = {"--infill-image": args.infill_image, "--per-class": args.per_class, "--out": args.out}
-    wrong = [name for name, value in (text_only if images else image_only).items() if value is not None]
-    if wrong or (args.strip and not images):
-        kind = "text" if images else "image"
-        raise ValueError(f"{(wrong or ['--strip'])[0]} is for {kind} runs, and {args.run} is not one.")
+    check_sample_options(args, run, images)
     options = {
         "steps": args.steps,
         "sampler": args.sampler,
@@ -193,7 +269,7 @@ def cmd_sample(args) -> int:
         print(preview)
         for path in written:
             print(f"md4: wrote {path}", file=sys.stderr)
-        count = args.num if not args.per_class else args.per_class * run.model.num_classes
+        count = args.per_class * run.model.num_classes if args.per_class else args.num
     else:
         out = sample_text(
             run,
@@ -216,8 +292,48 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def check_guidance(guidance: float) -> None:
+    """Refuse a guidance weight that is not a number from 0 to :data:`md4.sampling.MAX_GUIDANCE`."""
+    from md4.sampling import MAX_GUIDANCE
+
+    if not 0.0 <= guidance <= MAX_GUIDANCE:  # also NaN
+        raise ValueError(
+            f"--guidance must be a number from 0 (ignore the labels) to {MAX_GUIDANCE:g}, with 1 for plain "
+            f"conditioning, got {guidance}."
+        )
+
+
+def check_sample_options(args, run, images: bool) -> None:
+    """Refuse options that do not apply to this run or to each other, instead of ignoring them."""
+    text_only = {"--prompt": args.prompt, "--infill": args.infill, "--length": args.length}
+    image_only = {
+        "--infill-image": args.infill_image,
+        "--per-class": args.per_class,
+        "--out": args.out,
+        "--mask": args.mask,
+    }
+    wrong = [name for name, value in (text_only if images else image_only).items() if value is not None]
+    if wrong or (args.strip and not images):
+        kind = "text" if images else "image"
+        raise ValueError(f"{(wrong or ['--strip'])[0]} is for {kind} runs, and {args.run} is not one.")
+    if args.mask is not None and args.infill_image is None:
+        raise ValueError("--mask chooses the region of --infill-image to fill in; pass --infill-image PNG with it.")
+    if args.per_class and args.infill_image:
+        raise ValueError(
+            "--per-class draws a grid of every class and --infill-image completes one image; use one of them "
+            "(--num sets how many completions)."
+        )
+    if args.guidance not in (0.0, 1.0) and run.model.num_classes is None:
+        raise ValueError(
+            f"--guidance {args.guidance:g} weighs class labels, and {args.run} is not class-conditional (train one "
+            "with model.conditional=true); leave --guidance out."
+        )
+
+
 # ------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
+    from tqdm.auto import tqdm
+
     from md4.evaluate import estimate_nelbo, held_out_batches
     from md4.run import load_run
 
@@ -226,19 +342,28 @@ def cmd_eval(args) -> int:
     run = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     batch_size = args.batch_size or run.config.train.batch_size
     weights = "raw" if args.no_ema else "EMA"
-    unit = unit_of(run.codec)  # bits per dimension for images
+    unit = unit_of(run.codec)  # bits per dimension for images, per character for character-level text
     results = {"run": str(args.run), "step": run.step, "split": args.split, "weights": weights, "unit": unit}
     bounds = [("continuous", None)]
     if run.model.discrete_bound:
         bounds.append((f"discrete T={args.steps}", args.steps))
     for label, steps in bounds:
-        batches, name = held_out_batches(run, args.data, args.split, batch_size, args.max_batches)
+        held_out = held_out_batches(run, args.data, args.split, batch_size, args.max_batches)
         if steps is None and not args.json:
-            print(f"md4 eval: {name}, step {run.step}, {weights} weights, {args.precision}")
+            print(f"md4 eval: {held_out.description}, step {run.step}, {weights} weights, {args.precision}")
+        batches = tqdm(
+            held_out.batches,
+            total=held_out.count,
+            desc=f"{label} bound",
+            unit="batch",
+            disable=args.no_progress,
+            leave=False,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        )
         est = estimate_nelbo(
             run.model, batches, draws=args.draws, num_steps=steps, seed=args.seed, precision=args.precision
         )
-        results["data"] = name
+        results["data"] = held_out.description
         results["continuous" if steps is None else "discrete"] = est.to_dict()
         if not args.json:
             print(
@@ -264,7 +389,10 @@ def cmd_data(args) -> int:
     unit = "tokens" if dataset.data_shape == (1,) else f"examples of {'x'.join(map(str, dataset.data_shape))}"
     sizes = ", ".join(f"{k} {len(v):,}" for k, v in prepared.splits.items())
     classes = f"; {dataset.num_classes} classes" if dataset.num_classes else ""
+    counts = class_counts(dataset)
     print(f"{prepared.name}: vocabulary {dataset.vocab_size}{classes}; {unit}: {sizes}")
+    if counts:
+        print(f"images per class: {counts}")
     return 0
 
 
@@ -272,6 +400,8 @@ def cmd_inspect(args) -> int:
     from md4.run import load_run
     from md4.schedule_plot import plot_schedule, ranked_exponents
 
+    if args.out:
+        check_output_file(Path(args.out), "--out", "schedule.png")
     run = load_run(args.run, device="cpu", use_ema=not args.no_ema, step=args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run) / "schedule.png"
     plot_schedule(run.model, run.codec, out, title=f"{args.run}, step {run.step}")
@@ -304,13 +434,16 @@ def cmd_presets(args) -> int:
 
 # ------------------------------------------------------------------- demo
 def train_demo(preset: str, run_dir: Path, overrides: list[str], progress: bool):
-    """Train (or resume, or reuse) a demo run; the TrainResult."""
-    from md4.config import build_config, resume_config
-    from md4.run import is_run
+    """Train (or resume, or reuse) a demo run on the preset's own data; the TrainResult."""
+    from md4.config import build_config, load_preset
+    from md4.run import is_run, resume_config
     from md4.train import build_trainer
 
     resume = is_run(run_dir)
-    config = resume_config(run_dir, overrides) if resume else build_config(preset, overrides)
+    if resume:
+        config = resume_config(run_dir, overrides, data=load_preset(preset).data.name)
+    else:
+        config = build_config(preset, overrides)
     trainer = build_trainer(config, run_dir, resume, progress)
     print(describe(trainer, resume).replace("md4:", "md4 demo:", 1), file=sys.stderr)
     return trainer.fit()
@@ -323,9 +456,7 @@ def cmd_demo(args) -> int:
 
     run_dir = Path(args.out or ("runs/demo-mnist" if args.images else "runs/demo"))
     start = time.time()
-    result = train_demo(
-        IMAGE_DEMO_PRESET if args.images else DEMO_PRESET, run_dir, args.overrides, not args.no_progress
-    )
+    result = train_demo(IMAGE_PRESET if args.images else DEFAULT_PRESET, run_dir, args.overrides, not args.no_progress)
     if result.interrupted:
         again = f"md4 demo{' --images' if args.images else ''} --out {run_dir}"
         print(f"md4 demo: stopped at step {result.step}; run `{again}` again to continue.")
@@ -334,10 +465,10 @@ def cmd_demo(args) -> int:
     config = run.config
     bounds = {}
     for split in ("valid", "test"):
-        batches, name = held_out_batches(run, None, split, config.train.batch_size)
-        bounds[split] = estimate_nelbo(run.model, batches, seed=0, precision=config.train.precision)
+        held_out = held_out_batches(run, None, split, config.train.batch_size)
+        bounds[split] = estimate_nelbo(run.model, held_out.batches, seed=0, precision=config.train.precision)
     valid, test = bounds["valid"], bounds["test"]
-    unit = "dim" if args.images else "char"
+    unit = unit_of(run.codec)
     summary = {
         "run_dir": str(run_dir),
         "parameters": sum(p.numel() for p in run.model.parameters()),
@@ -352,7 +483,7 @@ def cmd_demo(args) -> int:
     summary["wall_seconds"] = round(time.time() - start, 1)
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     print(
-        f"test bits/{unit} <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {name}; "
+        f"test bits/{unit} <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {held_out.description}; "
         f"valid {valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
         f"{result.tokens_per_second:.0f} train tokens/s; {summary['wall_seconds']:.0f} s in all"
     )
@@ -399,7 +530,7 @@ def demo_images(run, run_dir: Path) -> dict:
             pictures.strip(codec, [s[::per_class] for s in grid.trajectory]), run_dir / "demo-strip.png", 4
         ),
     }
-    images, image_labels = next(held_out_batches(run, None, "test", 1)[0])
+    images, image_labels = next(held_out_batches(run, None, "test", 1).batches)
     given = images[0]
     hole = image_mask("bottom-half", codec.data_shape)
     given_labels = None if labels is None else image_labels.expand(6).to(labels.device)
@@ -419,10 +550,12 @@ def cmd_bench(args) -> int:
 
     for name in ("steps", "warmup", "threads"):
         positive(f"--{name}", getattr(args, name))
-    report = run_suite(args.models, args.modes, args.sampling, args.device, args.threads, args.steps, args.warmup)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        check_output_file(Path(args.json), "--json", "bench.json")  # before minutes of measurements, not after
+    report = run_suite(args.models, args.modes, args.sampling, args.device, args.threads, args.steps, args.warmup)
     print(format_report(report, args.markdown))
+    if args.json:
+        write_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -441,8 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model", description="Train an MD4 model into a run directory.")
-    p.add_argument("--preset", default=DEMO_PRESET, help="a preset from `md4 presets` (default: %(default)s)")
-    p.add_argument("--data", help="dataset: a recipe name (`md4 data list`), hf:NAME, or a text file/folder")
+    p.add_argument(
+        "--preset",
+        help=f"a preset from `md4 presets` (default: {DEFAULT_PRESET}, or {IMAGE_PRESET} when --data is images)",
+    )
+    p.add_argument(
+        "--data",
+        help="dataset: a recipe name (`md4 data list`), hf:NAME, a text file/folder, or a folder of images "
+        "(with --resume: other data than the run's own, which is taken from the cache)",
+    )
     p.add_argument("--out", help="run directory (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument(
@@ -462,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="config overrides such as train.lr=3e-4 model.n_layers=6 (see `md4 presets`)",
+        help="config overrides such as train.lr=3e-4 net.n_layers=6 (see `md4 presets`)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -505,9 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infill-image", help="images: a PNG of the model's size whose --mask region is filled in")
     p.add_argument(
         "--mask",
-        default="bottom-half",
-        help="images: the region to fill: bottom-half, top-half, left-half, right-half, center or random:F "
-        "(default: %(default)s)",
+        help="images, with --infill-image: the region to fill: bottom-half, top-half, left-half, right-half, center "
+        f"or random:F (default: {DEFAULT_MASK})",
     )
     p.add_argument("--out", help="images: the PNG to write (default: RUN/samples/sample.png)")
     p.add_argument("--strip", action="store_true", help="images: also write the reverse process as OUT-strip.png")
@@ -538,13 +677,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="list or prepare datasets", description="Datasets are cached once, memory-mapped.")
     data_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="list or prepare")
     data_sub.add_parser("list", help="the dataset recipes")
     prep = data_sub.add_parser("prepare", help="download/tokenise a dataset into the cache (MD4_CACHE_DIR)")
-    prep.add_argument("name", help="a recipe name, hf:NAME[:CONFIG], images:PATH[:HxW], or a text file/folder")
+    prep.add_argument(
+        "name", help="a recipe name, hf:NAME[:CONFIG], images:PATH[:HxW], a text file/folder, or a folder of images"
+    )
     prep.add_argument("--levels", type=int, help="images: quantise each sub-pixel to this many levels")
     p.set_defaults(func=cmd_data)
 
@@ -618,18 +760,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings of md4 as one line each: ``md4: warning: ...``."""
-    print(f"md4: warning: {message}", file=sys.stderr)
+    """md4's warnings as one line each, ``md4: warning: ...``; those of other libraries as Python shows them."""
+    from md4.notices import MD4Warning
+
+    if issubclass(category, MD4Warning):
+        print(f"md4: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+
+
+def exit_code_of(err: ValueError) -> int:
+    """The exit code of one of md4's own errors (README, "Exit codes")."""
+    from md4.distributed import WorkerFailed
+    from md4.train import TrainingDiverged
+
+    if isinstance(err, WorkerFailed):
+        return err.exit_code
+    return EXIT_DIVERGED if isinstance(err, TrainingDiverged) else EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:
-    from md4.train import TrainingDiverged
+    from md4.notices import MD4Warning
 
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        warnings.filterwarnings("default", category=MD4Warning)  # md4's own; others as Python's filters say
         warnings.showwarning = show_warning
         try:
             return args.func(args)
@@ -637,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("MD4_DEBUG"):
                 raise
             print(f"md4: error: {err}", file=sys.stderr)
-            return EXIT_DIVERGED if isinstance(err, TrainingDiverged) else EXIT_BAD_INPUT
+            return exit_code_of(err)
         except BrokenPipeError:  # the reader of our output went away (e.g. `md4 presets | head`)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0

@@ -16,7 +16,6 @@ import json
 import math
 import re
 import sys
-import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,6 +31,8 @@ from md4.data import (
 )
 from md4.device import PRECISIONS
 from md4.distributed import PARALLEL_MODES
+from md4.limits import MAX_EXAMPLE_TOKENS
+from md4.notices import warn
 from md4.sampling import DEFAULT_STEPS
 
 if sys.version_info >= (3, 11):
@@ -244,19 +245,21 @@ def parse_override(config: Config, text: str) -> tuple[str, str, str]:
     return owners[0], name, value.strip()
 
 
-def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply ``section.key=value`` overrides (the kind and network first), then validate the whole config."""
+def apply_overrides(config: Config, overrides: list[str], spec: models.DataSpec | None = None) -> Config:
+    """Apply ``section.key=value`` overrides (the kind and network first), then validate the whole config (for the
+    data ``spec``, when given: then ``data.name`` is taken as it is, and nothing is looked up from it)."""
     selects = {*models.SELECTORS, *(f"model.{key}" for key in models.SELECTORS)}
     first = [text for text in overrides if text.split("=", 1)[0].strip() in selects]
     seen: dict[tuple[str, str], str] = {}
     for text in first + [text for text in overrides if text not in first]:
         section, key, value = parse_override(config, text)
         if (section, key) in seen and seen[section, key] != value:
-            warnings.warn(f"{section}.{key} is given twice; the last value, {value}, wins.", stacklevel=2)
+            warn(f"{section}.{key} is given twice; the last value, {value}, wins.", stacklevel=2)
         seen[section, key] = value
         _set(config, section, key, value)
-    config.data.name = canonical_name(config.data.name)  # a file by its resolved path, from any directory
-    validate(config)
+    if spec is None:
+        config.data.name = canonical_name(config.data.name)  # a file by its resolved path, from any directory
+    validate(config, spec)
     return config
 
 
@@ -274,8 +277,12 @@ def data_spec_guess(config: Config) -> models.DataSpec:
     return models.DataSpec(vocab, tuple(shape), classes)
 
 
-def validate(config: Config) -> None:
-    """Reject impossible settings before any work starts: every table, then the model built on the meta device."""
+def validate(config: Config, spec: models.DataSpec | None = None) -> None:
+    """Reject impossible settings before any work starts: every table, then the model built on the meta device
+    for the data ``spec`` (default: what the config tells of its data, :func:`data_spec_guess`).
+
+    With a ``spec`` (a run directory's own), nothing is looked up from ``data.name``: no file is touched.
+    """
     t = config.train
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}.")
@@ -321,7 +328,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}.")
     if config.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be positive, got {config.data.seq_len}.")
-    if config.data.levels is not None and not is_image_recipe(config.data.name):
+    if config.data.seq_len > MAX_EXAMPLE_TOKENS:
+        raise ConfigError(f"data.seq_len={config.data.seq_len:,} is more than md4's limit of {MAX_EXAMPLE_TOKENS:,}.")
+    if spec is None and config.data.levels is not None and not is_image_recipe(config.data.name):
         raise ConfigError(f"data.levels quantises images, but {config.data.name} is text; leave data.levels out.")
     if config.data.levels is not None and not 2 <= config.data.levels <= 256:
         raise ConfigError(f"data.levels must be in 2..256, got {config.data.levels}.")
@@ -330,7 +339,7 @@ def validate(config: Config) -> None:
             f"train.activation_checkpointing is supported by the transformer, not by net {config.model['net']!r}; "
             "leave it off."
         )
-    spec = data_spec_guess(config)
+    spec = spec or data_spec_guess(config)
     for section, check in (
         ("model", lambda: models.model_options(config.model)),
         ("net", lambda: models.net_config(config.model, config.net, spec)),
@@ -359,24 +368,43 @@ def load_preset(name: str) -> Config:
 
 
 def preset_description(name: str) -> str:
-    """The first comment line of the preset file."""
-    first = preset_text(name).splitlines()[0]
-    return first.lstrip("# ").strip()
+    """The first sentence of the preset file's opening comment (it may run over several lines)."""
+    words = []
+    for line in preset_text(name).splitlines():
+        if not line.startswith("#"):
+            break
+        words.append(line.lstrip("# ").strip())
+        if words[-1].endswith("."):
+            break
+    return " ".join(words)
 
 
-def build_config(preset: str, overrides: list[str], data: str | None = None) -> Config:
-    config = load_preset(preset)
+DEFAULT_PRESET = "shakespeare-char"  # the text demo's
+IMAGE_PRESET = "mnist"  # the image demo's: a small UNet, built for the shape of whatever images it gets
+
+
+def default_preset(data: str | None) -> str:
+    """The preset of ``md4 train`` without ``--preset``: the image demo's for image data, else the text demo's."""
+    return IMAGE_PRESET if data is not None and is_image_recipe(data) else DEFAULT_PRESET
+
+
+def preset_note(preset: str, data: str | None) -> str:
+    """What the banner says when ``md4 train`` chose the preset for the data (empty when there is nothing to say)."""
+    if preset != IMAGE_PRESET or data is None:
+        return ""
+    return f"the data are images, so md4 uses the {IMAGE_PRESET} preset's small UNet; --preset chooses another"
+
+
+def build_config(preset: str | None, overrides: list[str], data: str | None = None) -> Config:
+    """A preset (None: :func:`default_preset` for ``data``) with ``data`` and overrides, validated whole.
+
+    Without a preset, image data get the image preset, class-conditional exactly when the images have classes
+    (``model.conditional`` still overrides it).
+    """
+    chosen = preset or default_preset(data)
+    config = load_preset(chosen)
     if data is not None:
         config.data.name = data
-    return apply_overrides(config, overrides)
-
-
-def resume_config(run_dir, overrides: list[str], data: str | None = None) -> Config:
-    """The config saved in a run directory, with overrides (the trainer refuses ones that cannot change)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"Nothing to resume: {run_dir} has no config.json; start the run without --resume.")
-    config = Config.from_dict(json.loads(path.read_text()))
-    if data is not None:
-        config.data.name = data
+    if preset is None and chosen == IMAGE_PRESET and data is not None:
+        config.model["conditional"] = recipe_num_classes(data) is not None
     return apply_overrides(config, overrides)

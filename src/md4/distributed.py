@@ -9,10 +9,13 @@ train exactly like one is described in :class:`md4.diffusion.BatchShard` and :me
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -217,33 +220,75 @@ def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
     return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
+ERROR_DIR_ENV = "MD4_WORKER_ERRORS"  # set by :func:`launch`: where its workers record their one-sentence errors
+
+
+class WorkerFailed(ValueError):
+    """A worker of :func:`launch` stopped with md4's own error: its sentence, and the exit code one process
+    would have given."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def launched_by_md4() -> bool:
+    """Whether this process is a worker that :func:`launch` started (through torchrun)."""
+    return launched_by_torchrun() and bool(os.environ.get(ERROR_DIR_ENV))
+
+
+def record_failure(message: str, exit_code: int) -> None:
+    """Leave this worker's error for :func:`launch`, which prints one sentence for them all."""
+    folder = Path(os.environ[ERROR_DIR_ENV])
+    path = folder / f"rank-{int(os.environ['RANK']):05d}.json"
+    path.write_text(json.dumps({"message": message, "exit_code": exit_code}))
+
+
+def peer_failed(wait_s: float = 30.0) -> bool:
+    """Whether another worker recorded an error (waiting up to ``wait_s`` for it): then this worker's own failure
+    (a collective cut short when that worker left) is a consequence, not news."""
+    folder = Path(os.environ[ERROR_DIR_ENV])
+    deadline = time.monotonic() + wait_s
+    while not any(folder.glob("rank-*.json")):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """``md4 train --nproc N ...``: run ``torchrun --standalone --nproc_per_node N -m md4 train ...`` on this machine
     and return its exit code.
 
     torchrun runs in its own session, and a Ctrl-C or SIGTERM to this process goes straight to the workers: they
     agree to stop, save, and exit 0, torchrun ends cleanly (signalled itself, it would print a traceback), and
-    this process exits 130 or 143, as one process would.
+    this process exits 130 or 143, as one process would. A worker that stops on md4's own error records it and
+    exits 0 too; this process then raises :class:`WorkerFailed` with the first rank's sentence.
     """
     if nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes, got {nproc}.")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command += ["-m", "md4", *argv]
-    child = subprocess.Popen(command, start_new_session=True)
-    received: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="md4-workers-") as errors:
+        child = subprocess.Popen(command, start_new_session=True, env={**os.environ, ERROR_DIR_ENV: errors})
+        received: list[int] = []
 
-    def forward(signum, frame):
-        received.append(signum)
-        for pid in child_pids(child.pid) or [child.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        def forward(signum, frame):
+            received.append(signum)
+            for pid in child_pids(child.pid) or [child.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        failures = sorted(Path(errors).glob("rank-*.json"))
+        if failures:
+            first = json.loads(failures[0].read_text())
+            raise WorkerFailed(first["message"], first["exit_code"])
     return 128 + received[0] if code == 0 and received else code
 
 

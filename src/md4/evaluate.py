@@ -6,15 +6,17 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from md4.data import Batch, DataError, dataset_of, eval_chunks, load_cached, prepare
+from md4.data import Batch, DataError, PreparedImages, dataset_of, eval_chunks, is_image_recipe, prepare
 from md4.data.textfile import read_corpus, text_files
 from md4.device import autocast
 from md4.diffusion import bits_per_token, perplexity
 from md4.distributed import World, derived_seed
+from md4.run import cached_run_data
 
 DEFAULT_BOUND_STEPS = 1000  # T of the discrete-time bound (the paper evaluates with 1000 steps)
 
@@ -100,51 +102,47 @@ def estimate_nelbo(
     return BoundEstimate(float(values.mean()), stderr, len(values), tokens, draws, num_steps)
 
 
-def held_out_batches(
-    run, data: str | None, split: str, batch_size: int, max_batches: int | None = None
-) -> tuple[Iterator[Batch], str]:
-    """Evaluation batches for a loaded run, and a description of them.
+class HeldOut(NamedTuple):
+    """Evaluation batches, how many there are, and a description of the data."""
 
-    ``data``: None for the run's own dataset (its ``split``), another recipe name with the same vocabulary, or
-    the path of any text file or folder, encoded with the run's tokenizer (all of it is used).
+    batches: Iterator[Batch]
+    count: int
+    description: str
+
+
+def held_out_batches(run, data: str | None, split: str, batch_size: int, max_batches: int | None = None) -> HeldOut:
+    """Evaluation batches for a loaded run (:class:`md4.run.LoadedRun`).
+
+    ``data``: None for the run's own dataset (its ``split``, found in the cache by its fingerprint), another recipe
+    name with the same vocabulary, or the path of any text file or folder, encoded with the run's tokenizer (all
+    of it is used). A prepared split is checked against its checksum before it is used.
     """
     seq_len = run.config.data.seq_len
     max_chunks = None if max_batches is None else max_batches * batch_size
-    if data is not None and Path(data).exists():
+    if data is not None and Path(data).exists() and not is_image_recipe(data):
         if not hasattr(run.codec, "encode"):
             raise DataError(f"This run's data has no text form, so it cannot be evaluated on the text in {data}.")
         tokens = np.asarray(run.codec.encode(read_corpus(text_files(Path(data)), Path(data))))
         batches = ((x, None) for x in eval_chunks(tokens, seq_len, batch_size, max_chunks))
-        return batches, f"{data} (all {len(tokens)} tokens)"
-    levels = run.config.data.levels
-    prepared = run_data(run) if data is None else prepare(data, seq_len=seq_len, levels=levels)
+        count = _batch_count(len(tokens) // seq_len, batch_size, max_chunks)
+        return HeldOut(batches, count, f"{data} (all {len(tokens)} tokens)")
+    if data is None:
+        prepared = cached_run_data(run.source, run.run_dir)
+    else:
+        prepared = prepare(data, seq_len=seq_len, levels=run.config.data.levels)
     dataset = dataset_of(prepared, seq_len)
     if dataset.codec.to_dict() != run.codec.to_dict():
         raise DataError(
             f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
             "evaluate on a text file (it is encoded with the model's tokenizer) or the run's own dataset."
         )
-    return dataset.eval_batches(split, batch_size, max_batches), f"{prepared.name} [{split} split]"
+    if split not in prepared.splits:
+        raise DataError(f"unknown split {split!r}; {prepared.name} has {', '.join(prepared.splits)}.")
+    prepared.verify(split)
+    rows = len(prepared.splits[split]) // (1 if isinstance(prepared, PreparedImages) else seq_len)
+    count = _batch_count(rows, batch_size, max_chunks)
+    return HeldOut(dataset.eval_batches(split, batch_size, max_batches), count, f"{prepared.name} [{split} split]")
 
 
-def run_data(run):
-    """The prepared data a run was trained on: found in the cache by its content fingerprint (from any working
-    directory, even after its source file moved), else prepared again from the source and checked against it."""
-    source = run.source
-    if source is None:
-        raise DataError("This run was trained on in-memory data, so evaluate it with --data or the library.")
-    cached = load_cached(source["key"], source["fingerprint"])
-    if cached is not None:
-        return cached
-    name = source["name"]
-    if Path(name).is_absolute() and not Path(name).exists():
-        raise DataError(
-            f"The run's data is no longer in the cache nor at {name}; put the file back there, or evaluate with --data."
-        )
-    prepared = prepare(name, seq_len=run.config.data.seq_len)
-    if prepared.fingerprint != source["fingerprint"]:
-        raise DataError(
-            f"The data at {name} has changed since the run was trained (its content fingerprint differs); "
-            "put the original back, or evaluate on the new text with --data."
-        )
-    return prepared
+def _batch_count(rows: int, batch_size: int, max_rows: int | None) -> int:
+    return math.ceil((rows if max_rows is None else min(rows, max_rows)) / batch_size)

@@ -7,13 +7,13 @@ tokens fixed in z_1), and the decoded samples.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from md4.device import autocast
+from md4.notices import warn
 from md4.sampling import prefix_init, sample
 
 
@@ -45,7 +45,7 @@ def warn_if_longer(model, length: int, what: str) -> None:
     """Warn when samples would be longer than the sequences the model was trained on."""
     trained = model.data_shape[0] if model.data_shape and len(model.data_shape) == 1 else None
     if trained is not None and length > trained:
-        warnings.warn(
+        warn(
             f"{what} is {length} tokens long but the model was trained on sequences of {trained}; "
             "beyond that its samples may be poor.",
             stacklevel=3,

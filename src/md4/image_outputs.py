@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from md4.files import atomic_output
+from md4.limits import MAX_PICTURE_SIDE
 
 MASK_COLOUR = (230, 40, 150)
 GAP, GAP_VALUE = 2, 128
@@ -42,7 +43,14 @@ def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
 
 
 def save_png(pixels: np.ndarray, path: Path, scale: int = 1) -> Path:
-    """Write RGB pixels [H, W, 3] to ``path``, each pixel repeated ``scale`` times in both directions."""
+    """Write RGB pixels [H, W, 3] to ``path``, each pixel repeated ``scale`` times in both directions (a picture
+    of at most :data:`md4.limits.MAX_PICTURE_SIDE` pixels a side)."""
+    height, width = pixels.shape[0] * scale, pixels.shape[1] * scale
+    if max(height, width) > MAX_PICTURE_SIDE:
+        raise ValueError(
+            f"The picture would be {width:,} x {height:,} pixels at scale {scale}, more than md4's limit of "
+            f"{MAX_PICTURE_SIDE:,} pixels a side; lower the scale (--scale) or draw fewer images."
+        )
     if scale > 1:
         pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
     path = Path(path)

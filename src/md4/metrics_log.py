@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
+
+from md4.notices import warn
 
 
 class MetricsLog:
@@ -64,7 +65,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             else:
                 bad += 1
     if bad:
-        warnings.warn(f"Dropped {bad} unreadable line(s) of {path}, left by an interrupted write.", stacklevel=2)
+        warn(f"Dropped {bad} unreadable line(s) of {path}, left by an interrupted write.", stacklevel=2)
     return records
 
 

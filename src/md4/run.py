@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from md4.checkpoint import CheckpointError, read_checkpoint
-from md4.config import Config, ConfigError
-from md4.data import Codec, codec_from_dict
+from md4.checkpoint import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
+from md4.config import Config, ConfigError, apply_overrides, validate
+from md4.data import (
+    Codec,
+    Dataset,
+    ImageCodec,
+    PreparedData,
+    PreparedImages,
+    codec_from_dict,
+    dataset_of,
+    load_cached,
+)
 from md4.device import resolve_device
-from md4.files import write_atomic
+from md4.files import link_leaving, write_atomic
+from md4.limits import MAX_CLASSES, MAX_VOCAB_SIZE, check_example_tokens
 from md4.models import DataSpec, build_model
 
 RUN_FILES = ("config.json", "data.json")
@@ -95,6 +107,18 @@ def check_run_folder(run_dir: Path) -> None:
         )
 
 
+def check_run_dir_free(run_dir: Path) -> None:
+    """Refuse what claiming ``run_dir`` for training would refuse, without claiming it: a file or a dangling link,
+    a folder md4 did not make, a link out of the run, another process training into it."""
+    run_dir = Path(run_dir)
+    check_out_path(run_dir)
+    if run_dir.is_dir():
+        check_run_folder(run_dir)
+        check_links(run_dir)
+        if (run_dir / LOCK_FILE).is_file():
+            RunLock(run_dir).acquire().release()
+
+
 RUN_FORMAT = 2  # version of the run directory layout; runs of md4 0.1 (format 1, tokenizer.json) are refused
 
 
@@ -109,6 +133,7 @@ class LoadedRun:
     model: nn.Module
     step: int
     checkpoint: Path
+    run_dir: Path
 
 
 def data_source(dataset) -> dict[str, Any] | None:
@@ -133,11 +158,15 @@ def write_run_files(run_dir: Path, config: Config, dataset, spec: DataSpec) -> N
     write_atomic(run_dir / "data.json", json.dumps(data, indent=2))
 
 
-def _read_json(path: Path) -> Any:
+def _read_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunError(f"{path} is not valid JSON (it was edited or damaged); restore it from a backup.") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} holds a {type(value).__name__}, not a JSON object; restore it from a backup.")
+    return value
 
 
 @dataclass
@@ -150,8 +179,58 @@ class RunFiles:
     source: dict[str, Any] | None
 
 
+def check_links(run_dir: Path) -> None:
+    """Refuse a run holding a symbolic link that leads out of it: md4 reads and writes a run only inside it."""
+    found = link_leaving(run_dir)
+    if found is not None:
+        link, target = found
+        raise RunError(
+            f"{link} is a symbolic link to {target}, outside the run {run_dir}; md4 does not follow links out of a "
+            "run directory, so replace the link with the file or folder itself."
+        )
+
+
+def _is_count(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+def _data_description(data: dict[str, Any]) -> tuple[Codec, DataSpec, dict[str, Any] | None]:
+    """The codec, data spec and source that ``data.json`` describes, each checked: its types, and sizes within
+    :mod:`md4.limits`. Raises ValueError saying what is wrong."""
+    if data.get("format") != RUN_FORMAT:
+        raise ValueError(f"its format is {data.get('format')!r}, not {RUN_FORMAT}, so another md4 version wrote it")
+    codec = codec_from_dict(data.get("codec"))
+    if not _is_count(codec.vocab_size, 1, MAX_VOCAB_SIZE):
+        raise ValueError(f"its vocabulary of {codec.vocab_size!r} tokens is not between 1 and {MAX_VOCAB_SIZE:,}")
+    shape = data.get("data_shape")
+    if not (isinstance(shape, list) and shape and all(_is_count(n, 1, math.inf) for n in shape)):
+        raise ValueError(f"data_shape {shape!r} is not a list of positive sizes")
+    check_example_tokens(math.prod(shape), "data_shape", "an md4 run never holds such examples")
+    if isinstance(codec, ImageCodec) and tuple(shape) != codec.data_shape:
+        raise ValueError(f"data_shape {shape} is not the {list(codec.data_shape)} of its image codec")
+    classes = data.get("num_classes")
+    if classes is not None and not _is_count(classes, 1, MAX_CLASSES):
+        raise ValueError(f"num_classes {classes!r} is not between 1 and {MAX_CLASSES:,}")
+    source = data.get("source")
+    if source is not None and not (
+        isinstance(source, dict)
+        and isinstance(source.get("name"), str)
+        and isinstance(source.get("key"), str)
+        and source["key"] not in ("", ".", "..")
+        and Path(source["key"]).name == source["key"]
+        and isinstance(source.get("fingerprint"), str)
+        and _FINGERPRINT.fullmatch(source["fingerprint"])
+    ):
+        raise ValueError("its source is not a name, a cache key and a SHA-256 fingerprint")
+    return codec, DataSpec(codec.vocab_size, tuple(shape), classes), source
+
+
 def read_run_files(run_dir: str | os.PathLike) -> RunFiles:
-    """The config, codec, data spec and data source of a run directory."""
+    """The config, codec, data spec and data source of a run directory, checked as a user's own settings are,
+    and against each other, before anything is built from them; a run holding a link out of it is refused."""
     run_dir = Path(run_dir)
     if (run_dir / "tokenizer.json").is_file() and not (run_dir / "data.json").is_file():
         raise RunError(
@@ -161,18 +240,61 @@ def read_run_files(run_dir: str | os.PathLike) -> RunFiles:
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise RunError(f"{run_dir} is not an md4 run directory (no {name}); pass the --out of md4 train.")
+    check_links(run_dir)
     try:
-        config = Config.from_dict(_read_json(run_dir / "config.json"))
-    except ConfigError as err:
-        raise RunError(f"{run_dir / 'config.json'} does not hold a valid config ({err})") from None
-    data = _read_json(run_dir / "data.json")
-    try:
-        codec = codec_from_dict(data["codec"])
-        spec = DataSpec(codec.vocab_size, tuple(data["data_shape"]), data["num_classes"])
-        source = data["source"]
-    except (KeyError, TypeError, ValueError) as err:
+        codec, spec, source = _data_description(_read_object(run_dir / "data.json"))
+    except ValueError as err:
         raise RunError(f"{run_dir / 'data.json'} is damaged ({err}); restore it from a backup.") from None
+    try:
+        config = Config.from_dict(_read_object(run_dir / "config.json"))
+        validate(config, spec)
+        if source is not None and not isinstance(codec, ImageCodec) and spec.data_shape != (config.data.seq_len,):
+            shape = list(spec.data_shape)
+            raise ConfigError(f"data.seq_len={config.data.seq_len} but data.json's data_shape is {shape}")
+    except ConfigError as err:
+        raise RunError(f"{run_dir / 'config.json'} does not hold a valid config ({err}); restore it.") from None
     return RunFiles(config, codec, spec, source)
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: list[str], data: str | None = None) -> Config:
+    """The config saved in a run directory, with overrides (the trainer refuses those that cannot change) and,
+    when given, other ``data``. The run's own data name is not looked up (see :func:`own_dataset`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"Nothing to resume: {run_dir} has no config.json; start the run without --resume.")
+    files = read_run_files(run_dir)
+    config = apply_overrides(files.config, overrides, spec=files.spec)
+    if data is not None or config.data.name != files.config.data.name:
+        config.data.name = data or config.data.name
+        config = apply_overrides(config, [])  # data the user names: looked up and checked as for a new run
+    return config
+
+
+def own_dataset(run_dir: str | os.PathLike, config: Config, data: str | None = None) -> Dataset | None:
+    """For a resume: the run's own data, from the cache (:func:`cached_run_data`), unless the user names data
+    (``data``, or another ``data.name`` in ``config``); then None, and the trainer prepares ``config.data.name``."""
+    files = read_run_files(run_dir)
+    if data is not None or config.data.name != files.config.data.name:
+        return None
+    return dataset_of(cached_run_data(files.source, Path(run_dir)), config.data.seq_len)
+
+
+def check_weights_fit(config: Config, spec: DataSpec, weights: Path) -> None:
+    """Refuse a checkpoint whose tensors (read from the safetensors header alone) are not those of the model the
+    config and spec describe, before that model is built: a crafted or edited ``config.json`` then allocates
+    nothing."""
+    with torch.device("meta"):
+        expected = {name: tuple(value.shape) for name, value in build_model(config, spec).state_dict().items()}
+    found = weight_shapes(weights)
+    if found != expected:
+        name = next(iter(sorted(set(found) ^ set(expected))), None) or next(
+            name for name in sorted(found) if found[name] != expected[name]
+        )
+        raise RunError(
+            f"The weights in {weights} do not fit the model that config.json and data.json describe ({name}: "
+            f"{found.get(name, 'absent')} in the file, {expected.get(name, 'absent')} in the config); "
+            "were those files edited? Restore them."
+        )
 
 
 def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -193,6 +315,8 @@ def load_run(
     in eval mode."""
     files = read_run_files(run_dir)
     target = resolve_device(device)
+    weights_file = "ema.safetensors" if use_ema else "model.safetensors"
+    check_weights_fit(files.config, files.spec, find_checkpoint(run_dir, step) / weights_file)
     ckpt = read_checkpoint(run_dir, step, weights_only=True)
     weights = ckpt.ema if use_ema else ckpt.model
     _check_finite(weights, ckpt.path)
@@ -205,4 +329,21 @@ def load_run(
             "(were they edited?); restore those files."
         ) from None
     model.to(target).eval()
-    return LoadedRun(files.config, files.codec, files.spec, files.source, model, int(ckpt.state["step"]), ckpt.path)
+    return LoadedRun(
+        files.config, files.codec, files.spec, files.source, model, ckpt.state["step"], ckpt.path, Path(run_dir)
+    )
+
+
+def cached_run_data(source: dict[str, Any] | None, run_dir: Path) -> PreparedData | PreparedImages:
+    """The prepared data a run was trained on (``source``: its ``data.json`` source), found in the cache by its
+    content fingerprint (from any working directory, after its source moved). md4 never prepares, reads or
+    downloads data that a run directory names on its own: when the cache lacks it, the user names it (``--data``)."""
+    if source is None:
+        raise RunError(f"{run_dir} was trained on in-memory data, so name the data to use with --data.")
+    cached = load_cached(source["key"], source["fingerprint"])
+    if cached is None:
+        raise RunError(
+            f"The data {run_dir} was trained on ({source['name']}) is not in md4's cache, and md4 does not read or "
+            f"download data that a run names by itself; pass --data {source['name']} if that is the data you mean."
+        )
+    return cached

@@ -160,6 +160,9 @@ def prefix_init(prefix: torch.Tensor, shape: tuple[int, ...], mask_id: int) -> t
 
 
 # ------------------------------------------------------------- the network
+MAX_GUIDANCE = 1000.0  # the largest classifier-free guidance weight: far beyond any in use; guided logits stay finite
+
+
 class Network:
     """mu = softmax of the model's logits, counting the calls (NFE).
 
@@ -174,6 +177,10 @@ class Network:
 
     def __init__(self, model: Diffusion, labels: torch.Tensor | None, guidance: float = 1.0):
         self.model, self.labels, self.guidance = model, labels, float(guidance)
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:  # also NaN
+            raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g} (1: no guidance), got {guidance}.")
+        if self.guidance == 0.0 and labels is None:  # ignoring labels that were never given: the model as it is
+            self.guidance = 1.0
         if self.guidance != 1.0:
             if labels is None or getattr(model, "num_classes", None) is None:
                 raise ValueError("Guidance needs a class-conditional model and labels; pass labels or guidance=1.")

@@ -158,6 +158,9 @@ def get_schedule(name: str, eps: float = DEFAULT_EPS) -> MaskingSchedule:
     raise ValueError(f"Unknown masking schedule {name!r}; valid names are: {', '.join(SCHEDULE_NAMES)}.")
 
 
+MAX_W_INIT = 1000.0  # the largest initial GenMD4 exponent: 0.99^1000 < 1e-4
+
+
 class TokenPolynomialSchedule(nn.Module):
     """GenMD4's learnable per-token schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} (GenMD4), w = softplus(theta).
 
@@ -172,10 +175,13 @@ class TokenPolynomialSchedule(nn.Module):
 
     def __init__(self, vocab_size: int, w_init: float = 1.0, eps: float = DEFAULT_EPS):
         super().__init__()
-        if not w_init > 0:
-            raise ValueError(f"The initial exponent w must be > 0 (w = 1 is the linear schedule), got {w_init}.")
+        if not 0 < w_init <= MAX_W_INIT:  # also NaN
+            raise ValueError(
+                f"The initial exponent w must be in (0, {MAX_W_INIT:g}] (w = 1 is the linear schedule; at w = "
+                f"{MAX_W_INIT:g} almost no token is masked before t = 0.99), got {w_init}."
+            )
         self.eps = check_eps(eps)
-        theta = math.log(math.expm1(w_init))  # softplus^-1
+        theta = w_init + math.log(-math.expm1(-w_init))  # softplus^-1(w) = log(e^w - 1), without overflow
         self.theta = nn.Parameter(torch.full((int(vocab_size),), theta))
 
     @property

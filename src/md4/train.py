@@ -13,7 +13,6 @@ import math
 import signal
 import sys
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,9 @@ from tqdm.auto import tqdm
 
 from md4 import distributed
 from md4.checkpoint import (
+    CheckpointError,
     clean_temporaries,
+    find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     read_checkpoint,
@@ -37,14 +38,17 @@ from md4.device import autocast, resolve_device
 from md4.diffusion import BatchShard
 from md4.distributed import World, derived_seed
 from md4.evaluate import estimate_nelbo
-from md4.files import write_atomic
+from md4.files import remove_temporaries, write_atomic
 from md4.metrics_log import MetricsLog
 from md4.models import DataSpec, build_model
+from md4.notices import warn
 from md4.run import (
     RunError,
     RunLock,
+    check_links,
     check_out_path,
     check_run_folder,
+    check_weights_fit,
     data_source,
     read_run_files,
     write_run_files,
@@ -244,6 +248,7 @@ class Trainer:
             self.tokens_seen = 0
             if self.world.is_main:
                 clean_temporaries(self.run_dir)
+                remove_temporaries(self.run_dir)
             if resume:
                 self._resume(checkpoint_step)
             elif self.world.is_main:
@@ -267,6 +272,7 @@ class Trainer:
         check_out_path(self.run_dir)
         if self.run_dir.is_dir():
             check_run_folder(self.run_dir)
+            check_links(self.run_dir)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -289,12 +295,6 @@ class Trainer:
         write_run_files(self.run_dir, self.config, self.data, self.spec)
 
     def _check_same_run(self, files) -> None:
-        diffs = config_differences(files.config, self.config)
-        if diffs:
-            raise ConfigError(
-                f"Cannot resume {self.run_dir} with a different config: {'; '.join(diffs)}. "
-                "Use the run's own settings or start a new run with another --out."
-            )
         if files.codec.to_dict() != self.data.codec.to_dict() or files.spec != self.spec:
             raise ConfigError(
                 f"Cannot resume {self.run_dir}: the data's vocabulary or shape differs from the one the run was "
@@ -314,12 +314,12 @@ class Trainer:
             files = read_run_files(self.run_dir)
             self._check_same_run(files)
             if not list_checkpoints(self.run_dir) and step is None:
-                warnings.warn(f"{self.run_dir} has no checkpoint yet, so training starts from step 0.", stacklevel=3)
+                warn(f"{self.run_dir} has no checkpoint yet, so training starts from step 0.", stacklevel=3)
                 write_run_files(self.run_dir, self.config, self.data, self.spec)
                 step = -1
             else:
                 ckpt = read_checkpoint(self.run_dir, step, map_location=self.device)
-                step = int(ckpt.state["step"])
+                step = ckpt.state["step"]
         step = self.world.broadcast(step)
         if step == -1:
             return
@@ -327,28 +327,40 @@ class Trainer:
             ckpt = read_checkpoint(self.run_dir, step, map_location=self.device)
         distributed.load_model_state(self.model, ckpt.model)
         distributed.load_model_state(self.ema.module, ckpt.ema)
-        distributed.load_optimizer_state(self.model, self.optimizer, ckpt.optimizer)
-        self.step = int(ckpt.state["step"])
-        self.tokens_seen = int(ckpt.state["tokens_seen"])
+        try:
+            distributed.load_optimizer_state(self.model, self.optimizer, ckpt.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
+            raise CheckpointError(
+                f"Checkpoint file {ckpt.path / 'trainer.pt'} holds an optimizer state that does not fit this model "
+                f"({type(err).__name__}); delete that checkpoint directory or resume from an older one."
+            ) from None
+        self.step = ckpt.state["step"]
+        self.tokens_seen = ckpt.state.get("tokens_seen", 0)
         if self.t.steps < self.step:
-            warnings.warn(
+            warn(
                 f"{self.run_dir} is at step {self.step} already, past train.steps={self.t.steps}, so there is "
                 "nothing to train; raise train.steps to continue.",
                 stacklevel=3,
             )
             return
-        torch.set_rng_state(ckpt.rng["torch"].cpu())
-        if "cuda" in ckpt.rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt.rng["cuda"]])
-        self.data_generator.set_state(ckpt.rng["data"].cpu())
-        if "noise" in ckpt.rng:  # checkpoints from before the noise had its own generator go on from a fresh one
-            self.noise_generator.set_state(ckpt.rng["noise"].cpu())
+        try:
+            torch.set_rng_state(ckpt.rng["torch"].cpu())
+            if "cuda" in ckpt.rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in ckpt.rng["cuda"]])
+            self.data_generator.set_state(ckpt.rng["data"].cpu())
+            if "noise" in ckpt.rng:  # checkpoints from before the noise had its own generator go on from a fresh one
+                self.noise_generator.set_state(ckpt.rng["noise"].cpu())
+        except (TypeError, RuntimeError, ValueError, AttributeError) as err:
+            raise CheckpointError(
+                f"Checkpoint file {ckpt.path / 'trainer.pt'} holds damaged generator states ({type(err).__name__}); "
+                "delete that checkpoint directory or resume from an older one."
+            ) from None
         self.world.barrier()  # every rank has read the checkpoint before rank 0 moves any aside
         if not self.world.is_main:
             return
         aside = supersede_after(self.run_dir, self.step)
         if aside is not None:
-            warnings.warn(f"Checkpoints after step {self.step} were moved to {aside}.", stacklevel=3)
+            warn(f"Checkpoints after step {self.step} were moved to {aside}.", stacklevel=3)
         write_atomic(self.run_dir / "config.json", self.config.to_json())
 
     def save(self) -> Path | None:
@@ -548,24 +560,67 @@ def build_trainer(
     progress: bool = True,
     checkpoint_step: int | None = None,
     world: World | None = None,
+    dataset=None,
 ) -> Trainer:
     """Prepare the data and build the model a validated config describes, and a Trainer for them.
 
-    With several processes rank 0 prepares the data first, so the others find it in the cache.
+    ``dataset``: the data to train on instead of preparing ``config.data.name`` (a run's own data from the cache,
+    :func:`md4.run.own_dataset`). With several processes rank 0 prepares the data first (:func:`training_data`),
+    so the others find it in the cache.
     """
     from md4.data import open_dataset
 
     world = world or World()
     local_micro_batch(config.train.batch_size, config.train.grad_accum, world.size)  # before any data work
-    data = None
-    if world.is_main:
-        data = open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
+    data = training_data(config, run_dir, resume, checkpoint_step, world.size, dataset) if world.is_main else None
     world.barrier()
     if data is None:
-        data = open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
+        data = dataset or open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
     torch.manual_seed(config.train.seed)
     model = build_model(config, DataSpec.of(data))
     return Trainer(config, model, data, run_dir, resume, progress, checkpoint_step, world)
+
+
+def training_data(
+    config: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    checkpoint_step: int | None = None,
+    processes: int = 1,
+    dataset=None,
+):
+    """Everything a training run checks before it builds its model, and its data: the global batch split over
+    ``processes``; on resume, the run's files and the checkpoint's tensor shapes against the config; the data,
+    prepared (or ``dataset``), with the train and valid splits checked against their checksums.
+
+    ``md4 train --nproc`` runs it once before it starts the processes, so that bad input is one sentence.
+    """
+    from md4.data import open_dataset
+
+    local_micro_batch(config.train.batch_size, config.train.grad_accum, processes)
+    if resume:
+        check_resumable(config, Path(run_dir), checkpoint_step)
+    data = dataset or open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
+    prepared = getattr(data, "prepared", None)  # None for in-memory data
+    if prepared is not None:
+        for split in ("train", "valid"):  # a split changed on disk since it was prepared is refused
+            prepared.verify(split)
+    return data
+
+
+def check_resumable(config: Config, run_dir: Path, step: int | None) -> None:
+    """Refuse a resume whose config differs from the run's in a key that cannot change, or whose checkpoint
+    does not hold the tensors of the model the config describes (read from its header, before any is built)."""
+    check_out_path(run_dir)
+    files = read_run_files(run_dir)
+    diffs = config_differences(files.config, config)
+    if diffs:
+        raise ConfigError(
+            f"Cannot resume {run_dir} with a different config: {'; '.join(diffs)}. "
+            "Use the run's own settings or start a new run with another --out."
+        )
+    if list_checkpoints(run_dir) or step is not None:
+        check_weights_fit(config, files.spec, find_checkpoint(run_dir, step) / "model.safetensors")
 
 
 def train(

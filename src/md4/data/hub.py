@@ -85,6 +85,22 @@ def _texts(dataset: Any) -> Iterator[str]:
         yield from batch["text"]
 
 
+def no_remote_code(version: str) -> dict[str, Any]:
+    """The ``load_dataset`` arguments that keep a dataset's own loading script from running: ``datasets`` 4 and
+    newer run no loading script at all (and only log an error for the argument); 2.16 to 3.x need
+    ``trust_remote_code=False``, which 2.16 to 2.19 did not default to; older versions cannot be told, so they are
+    refused."""
+    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
+    if major >= 4:
+        return {}
+    if (major, minor) >= (2, 16):
+        return {"trust_remote_code": False}
+    raise DataError(
+        f"datasets {version} may run a hub dataset's own code and cannot be told not to; upgrade it with "
+        "`pip install -U 'datasets>=4'` (or `pip install -U md4[hub]`)."
+    )
+
+
 def build_hub(name: str, config: str | None, cache: Path | None = None) -> Built:
     """Download the dataset with ``datasets`` and stream each split's packed GPT-2 tokens."""
     try:
@@ -93,7 +109,7 @@ def build_hub(name: str, config: str | None, cache: Path | None = None) -> Built
         raise DataError(
             "hub datasets need the optional `datasets` package; install it with `pip install md4[hub]`."
         ) from err
-    dataset_dict = datasets.load_dataset(name, config)
+    dataset_dict = datasets.load_dataset(name, config, **no_remote_code(datasets.__version__))
     splits = _assign_splits(dataset_dict)
     for split, dataset in splits.items():
         if "text" not in dataset.column_names:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,14 +18,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
+from md4 import notices
 from md4.data.batches import Batch
 from md4.data.codec import CODECS, Codec, as_ids, codec_from_dict
-from md4.data.store import DataError, content_digest
+from md4.data.store import DataError, check_digest, content_digest
 from md4.files import atomic_output, write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json holds each split's SHA-256
 SHADES = " .:-=+*#%@"  # dark to bright
 SEPARATOR_WIDTH = 2  # pixels between the images of a sample grid
 SEPARATOR_VALUE = 128  # mid grey: visible on dark and light images
@@ -150,11 +150,12 @@ class ImageCodec(Codec):
         return self.write_png(tokens, stem.with_name(f"{stem.name}.png"))
 
     def read_png(self, path: Path) -> np.ndarray:
-        """The tokens int64 [H, W, C] of an image file of exactly this codec's size (nothing is resized)."""
+        """The tokens int64 [H, W, C] of an image file of exactly this codec's size as shown, its EXIF orientation
+        applied (nothing is resized)."""
         path = Path(path)
         try:
             with Image.open(path) as image:
-                image.load()
+                image = ImageOps.exif_transpose(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{path} is not a readable image file ({err}); pass a PNG image.") from err
         if (image.height, image.width) != (self.height, self.width):
@@ -199,6 +200,14 @@ class PreparedImages:
     labels: dict[str, np.ndarray] | None
     num_classes: int | None
     meta: dict[str, Any]
+    digests: dict[str, str]  # split -> SHA-256 hex digest of its images file (and "split:labels" of its labels)
+
+    def verify(self, split: str) -> None:
+        """Refuse ``split`` if its files no longer hold what was prepared (:func:`md4.data.store.check_digest`)."""
+        what = f"the {split} split of {self.name}"
+        check_digest([self.splits[split]], self.digests[split], what, self.key)
+        if self.labels is not None:
+            check_digest([self.labels[split]], self.digests[f"{split}:labels"], what, self.key)
 
 
 def _check_chunk(chunk: Chunk, raw: RawImages, name: str, split: str) -> None:
@@ -220,25 +229,26 @@ def _check_chunk(chunk: Chunk, raw: RawImages, name: str, split: str) -> None:
 
 
 def _write_split(
-    root: Path, split: str, chunks: Iterable[Chunk], raw: RawImages, levels: int, name: str
-) -> tuple[int, bytes]:
-    """Write one split's quantised images (and labels); return its image count and what it adds to the fingerprint."""
+    root: Path, split: str, chunks: Iterable[Chunk], raw: RawImages, levels: int, name: str, mode_limit: int | None
+) -> tuple[int, bytes, dict[str, str]]:
+    """Write one split's quantised images (and labels); return its image count, what it adds to the fingerprint,
+    and the SHA-256 of its files."""
     images_digest, labels_digest, count = hashlib.sha256(), hashlib.sha256(), 0
     with ExitStack() as stack:
-        images_file = stack.enter_context(open(stack.enter_context(atomic_output(root / f"{split}_images.bin")), "wb"))
+        images_path = stack.enter_context(atomic_output(root / f"{split}_images.bin", mode_limit))
+        images_file = stack.enter_context(open(images_path, "wb"))
         labels_file = None
         if raw.num_classes is not None:
-            labels_file = stack.enter_context(
-                open(stack.enter_context(atomic_output(root / f"{split}_labels.bin")), "wb")
-            )
+            labels_path = stack.enter_context(atomic_output(root / f"{split}_labels.bin", mode_limit))
+            labels_file = stack.enter_context(open(labels_path, "wb"))
         for chunk in chunks:
             _check_chunk(chunk, raw, name, split)
             images = quantize(chunk[0], raw.native_levels, levels)
-            images.tofile(images_file)
+            images_file.write(memoryview(images).cast("B"))  # a full disk raises ENOSPC (tofile hides the errno)
             images_digest.update(images)
             if labels_file is not None:
                 labels = np.ascontiguousarray(chunk[1], dtype=LABEL_DTYPE)
-                labels.tofile(labels_file)
+                labels_file.write(memoryview(labels).cast("B"))
                 labels_digest.update(labels)
             count += len(images)
         if count == 0:
@@ -246,11 +256,15 @@ def _write_split(
     if labels_file is None:
         (root / f"{split}_labels.bin").unlink(missing_ok=True)  # left by an older, labelled cache
     labels_part = b"" if labels_file is None else labels_digest.digest()
-    return count, split.encode() + b"\0" + images_digest.digest() + count.to_bytes(8, "little") + labels_part
+    digests = {split: images_digest.hexdigest()}
+    if labels_file is not None:
+        digests[f"{split}:labels"] = labels_digest.hexdigest()
+    return count, split.encode() + b"\0" + images_digest.digest() + count.to_bytes(8, "little") + labels_part, digests
 
 
-def save_images(root: Path, name: str, raw: RawImages, levels: int) -> PreparedImages:
-    """Quantise ``raw`` to ``levels`` and write it under ``root`` (each file atomically, ``meta.json`` last).
+def save_images(root: Path, name: str, raw: RawImages, levels: int, mode_limit: int | None = None) -> PreparedImages:
+    """Quantise ``raw`` to ``levels`` and write it under ``root`` (each file atomically, ``meta.json`` last, none
+    with more permission bits than ``mode_limit``, when given).
 
     The fingerprint is SHA-256 over the codec's dict (``content_digest``), the number of classes, and per split
     its name, a NUL byte, the SHA-256 of its image bytes, its image count (8 bytes little-endian) and, when
@@ -261,10 +275,11 @@ def save_images(root: Path, name: str, raw: RawImages, levels: int) -> PreparedI
     codec = ImageCodec(*raw.shape, levels=levels)
     digest = content_digest(codec.to_dict())
     digest.update(f"classes={raw.num_classes}\n".encode())
-    counts = {}
+    counts, digests = {}, {}
     for split, chunks in raw.splits.items():
-        counts[split], part = _write_split(root, split, chunks, raw, levels, name)
+        counts[split], part, split_digests = _write_split(root, split, chunks, raw, levels, name, mode_limit)
         digest.update(part)
+        digests.update(split_digests)
     info = {
         "format": FORMAT_VERSION,
         "kind": "images",
@@ -272,9 +287,10 @@ def save_images(root: Path, name: str, raw: RawImages, levels: int) -> PreparedI
         "codec": codec.to_dict(),
         "num_classes": raw.num_classes,
         "fingerprint": digest.hexdigest(),
+        "split_sha256": digests,
         "meta": {**raw.meta, "native_levels": raw.native_levels, "examples": counts},
     }
-    write_atomic(root / "meta.json", json.dumps(info, indent=2))
+    write_atomic(root / "meta.json", json.dumps(info, indent=2), mode_limit)
     prepared = load_images(root)
     assert prepared is not None
     return prepared
@@ -303,12 +319,14 @@ def load_images(root: Path, *, warn: bool = False) -> PreparedImages | None:
         num_classes = None if info["num_classes"] is None else int(info["num_classes"])
         counts = {str(split): int(n) for split, n in info["meta"]["examples"].items()}
         name, fingerprint = str(info["name"]), str(info["fingerprint"])
+        parts = [*counts, *(f"{split}:labels" for split in counts if num_classes is not None)]
+        digests = {part: str(info["split_sha256"][part]) for part in parts}
         if not isinstance(codec, ImageCodec):
             raise TypeError("not an image codec")
     except (ValueError, KeyError, TypeError, AttributeError):  # JSON and codec errors are ValueErrors
         if warn:
             message = f"the prepared-images cache {meta_path} is unreadable; preparing the images again"
-            warnings.warn(message, UserWarning, stacklevel=2)
+            notices.warn(message)
         return None
     try:
         shape = codec.data_shape
@@ -318,7 +336,7 @@ def load_images(root: Path, *, warn: bool = False) -> PreparedImages | None:
             labels = {s: _memmap(root / f"{s}_labels.bin", LABEL_DTYPE, (n,)) for s, n in counts.items()}
     except ValueError:
         return None  # incomplete: prepared again
-    return PreparedImages(name, root.name, fingerprint, codec, splits, labels, num_classes, info["meta"])
+    return PreparedImages(name, root.name, fingerprint, codec, splits, labels, num_classes, info["meta"], digests)
 
 
 class ImageDataset:

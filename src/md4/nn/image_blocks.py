@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from md4.limits import check_layers
 from md4.nn.inputs import check_time_and_labels
 from md4.nn.transformer import TRUNCATED_NORMAL_STD, timestep_embedding
 
@@ -48,6 +49,7 @@ def validate_image_config(config: Any, network: str) -> None:
         )
     if config.n_layers < 0:
         raise ValueError(f"n_layers must be a non-negative integer, got {config.n_layers}.")
+    check_layers("n_layers", config.n_layers)
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {config.dropout}.")
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from md4.limits import check_layers
 from md4.nn.inputs import check_time_and_labels
 
 # Activation of each gated MLP type (the release's activation_map).
@@ -99,6 +100,7 @@ class TransformerConfig:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "mlp_hidden_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        check_layers("n_layers", self.n_layers)
         for name in ("num_classes", "outside_embed_dim", "max_positions", "cond_dim", "time_hidden"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from md4.limits import check_layers
 from md4.nn.image_blocks import NORM_EPS, Attention, ImageDenoiser, validate_image_config, zeroed
 from md4.nn.transformer import ChannelDropout
 
@@ -59,6 +60,7 @@ class UViTConfig:
         for name in ("n_dit_layers", "dit_num_heads", "patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        check_layers("n_dit_layers", self.n_dit_layers)
         if self.dit_hidden_size % self.dit_num_heads:
             raise ValueError(
                 f"dit_hidden_size={self.dit_hidden_size} is not divisible by dit_num_heads={self.dit_num_heads}; "
