@@ -11,6 +11,16 @@ def oracle():
 
 
 @pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A test's own md4 cache, and no environment variable pointing md4 at a local copy of a dataset."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MD4_CACHE_DIR", str(cache))
+    for name in ("MD4_TEXT8", "MD4_CIFAR10", "MD4_IMAGENET64"):
+        monkeypatch.delenv(name, raising=False)
+    return cache
+
+
+@pytest.fixture
 def corpus(tmp_path, monkeypatch):
     """A small real text file on disk, with the data cache isolated in tmp_path."""
     monkeypatch.setenv("MD4_CACHE_DIR", str(tmp_path / "cache"))

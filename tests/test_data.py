@@ -57,13 +57,7 @@ LOREM = (
 LOREM = LOREM[:1000]
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own md4 cache and no text8 override."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MD4_CACHE_DIR", str(cache))
-    monkeypatch.delenv("MD4_TEXT8", raising=False)
-    return cache
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # its own md4 cache for every test (conftest.py)
 
 
 @pytest.fixture(scope="session")

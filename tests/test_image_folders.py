@@ -31,11 +31,7 @@ from md4.models import DataSpec
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MD4_CACHE_DIR", str(cache))
-    return cache
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # its own md4 cache for every test (conftest.py)
 
 
 def images(folder: Path, count: int, size: tuple[int, int] = (8, 6), mode: str = "RGB", start: int = 0) -> list[Path]:

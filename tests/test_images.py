@@ -39,14 +39,7 @@ from md4.data import image_sources as sources
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own md4 cache and no dataset overrides."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MD4_CACHE_DIR", str(cache))
-    monkeypatch.delenv(sources.CIFAR10_ENV, raising=False)
-    monkeypatch.delenv(sources.IMAGENET64_ENV, raising=False)
-    return cache
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # its own md4 cache for every test (conftest.py)
 
 
 def sizes(data: PreparedImages) -> dict[str, int]:

@@ -72,7 +72,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     root = Path(run_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[5:].isdigit()]
+    found = [p for p in root.iterdir() if p.is_dir() and is_step_folder(p)]
     return sorted(found, key=step_of)
 
 
@@ -257,7 +257,7 @@ def read_state(path: Path) -> dict[str, Any]:
     bad = next((key for key in ("step", "tokens_seen") if key in state and not _count(state[key])), None)
     if bad is not None or "step" not in state:
         raise _damaged(file, f"{bad or 'step'} is {state.get(bad or 'step')!r}, not a non-negative integer")
-    if path.name.startswith(_PREFIX) and path.name[len(_PREFIX) :].isdigit() and state["step"] != step_of(path):
+    if is_step_folder(path) and state["step"] != step_of(path):
         raise _damaged(file, f"its step {state['step']} is not the step {step_of(path)} of its folder")
     return state
 
@@ -282,6 +282,11 @@ def read_trainer_state(file: Path, map_location) -> dict[str, Any]:
     if not well_formed:
         raise _damaged(file, "it does not hold an optimizer state and the generators' states")
     return trainer
+
+
+def is_step_folder(path: Path) -> bool:
+    """Whether ``path`` is named like a checkpoint folder, ``step_XXXXXXXX``."""
+    return path.name.startswith(_PREFIX) and path.name[len(_PREFIX) :].isdigit()
 
 
 def step_of(path: Path) -> int:
