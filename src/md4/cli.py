@@ -145,6 +145,7 @@ def train_process(args) -> int:
 
     config, run_dir, dataset, note = training_config(args, quiet=distributed.launched_by_md4())
     world = distributed.connect(config.train.device, config.train.dist_timeout)
+    finished = False
     try:
         if not world.is_main:
             warnings.simplefilter("ignore")  # rank 0 speaks for the run
@@ -152,8 +153,9 @@ def train_process(args) -> int:
         if world.is_main:
             print(describe(trainer, args.resume, note), file=sys.stderr)
         result = trainer.fit()
+        finished = True
     finally:
-        distributed.disconnect()
+        distributed.disconnect(finished)
     if not world.is_main:
         return 0
     code = report(result, run_dir, unit_of(trainer.data.codec), world.size)

@@ -134,9 +134,15 @@ def connect(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World
     return World(rank, size, local_rank)
 
 
-def disconnect() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def disconnect(finished: bool = True) -> None:
+    """Leave the process group. After a run that ``finished`` on every rank, the ranks first meet at a barrier, so
+    no rank tears down its gloo threads while a peer's last message is still in flight (which aborted a rank now
+    and then); after an error there is no meeting, as a peer may never come."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ FSDP2
