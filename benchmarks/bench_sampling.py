@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from md4.core.md4 import MD4
 from md4.device import autocast
-from md4.diffusion import MD4
 from md4.evaluate import run_data
 from md4.ngram import DEFAULT_ORDER, NGramModel, sample_entropy
-from md4.run import load_run
+from md4.runs.directory import load_run
 from md4.sampling import sample
 
 REPO = Path(__file__).resolve().parent.parent

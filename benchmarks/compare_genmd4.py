@@ -21,10 +21,10 @@ import torch
 
 from md4.config import build_config
 from md4.evaluate import estimate_nelbo, held_out_batches
-from md4.generate import generate
-from md4.run import is_run, load_run, resume_config
-from md4.schedule_plot import plot_schedule, ranked_exponents
-from md4.train import build_trainer
+from md4.generation.schedule_plot import plot_schedule, ranked_exponents
+from md4.generation.text import generate
+from md4.runs.directory import is_run, load_run, resume_config
+from md4.training.trainer import build_trainer
 
 
 def run_one(out: Path, preset: str, seed: int, steps: int) -> dict:

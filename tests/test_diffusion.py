@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
-from md4 import diffusion
-from md4.diffusion import MD4, antithetic_times, bits_per_token, perplexity
+from md4.core.md4 import MD4
+from md4.core.noise import antithetic_times
+from md4.core.tokens import check_tokens
+from md4.core.units import bits_per_token, perplexity
 
 SCHEDULES = ["linear", "cosine", "poly2", "poly0.5", "geometric"]
 
@@ -152,7 +154,7 @@ def test_bad_times_shape_and_data_shape():
         MD4(lambda z, t: None, vocab_size=3, eps=0.0)
     with pytest.raises(ValueError, match="num_steps"):
         model.nelbo(x, num_steps=0)
-    assert diffusion.check_tokens(torch.full((1, 2), 3), 3, allow_mask=True) is None
+    assert check_tokens(torch.full((1, 2), 3), 3, allow_mask=True) is None
 
 
 def _full_logits_reference(model, x, z, t):

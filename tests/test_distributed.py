@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from md4.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint
 from md4.config import ConfigError, build_config
+from md4.core.genmd4 import GenMD4
+from md4.core.md4 import MD4
+from md4.core.noise import BatchShard
 from md4.data import ArrayDataset, TokenStream, prepare
-from md4.diffusion import MD4, BatchShard
-from md4.genmd4 import GenMD4
-from md4.train import local_micro_batch
+from md4.runs.checkpoints import list_checkpoints, load_checkpoint, read_checkpoint
+from md4.training.trainer import local_micro_batch
 
 TINY = [
     "net.dim=32",

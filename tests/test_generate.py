@@ -63,3 +63,24 @@ def test_data_without_text_takes_no_text():
         generate(text_model(), raw, 1, prompt="ab")
     with pytest.raises(ValueError, match="num must be a positive integer"):
         generate(text_model(), CODEC, 0)
+
+
+def test_old_module_paths_still_import():
+    """md4 0.2's module paths (before core/, runs/, generation/ and training/) give the moved names, and importing
+    md4.generate leaves md4.generate(...) generating."""
+    import md4.diffusion
+    import md4.train
+    from md4.checkpoint import list_checkpoints
+    from md4.diffusion import MD4 as OldMD4
+    from md4.diffusion import BatchShard, bits_per_token
+    from md4.generate import complete
+
+    import md4
+    from md4.runs.checkpoints import list_checkpoints as new_list_checkpoints
+    from md4.training import trainer
+
+    assert OldMD4 is MD4 and md4.train is trainer and list_checkpoints is new_list_checkpoints
+    assert BatchShard.__module__ == "md4.core.noise" and bits_per_token(0.0, 1) == 0.0
+    assert complete.__module__ == "md4.generation.images"
+    out = md4.generate(text_model(), CODEC, 1, steps=2, seed=0)
+    assert len(out.texts) == 1

@@ -12,8 +12,8 @@ from cli_runs import cli
 from oracle import StateDependentOracle
 
 from md4 import MD4, get_schedule, sample
-from md4.genmd4 import GenMD4, GenMD4Options
-from md4.schedules import TokenPolynomialSchedule
+from md4.core.genmd4 import GenMD4, GenMD4Options
+from md4.core.schedules import TokenPolynomialSchedule
 
 V, D = 3, 3
 
@@ -254,7 +254,7 @@ TINY = [
 def test_genmd4_through_train_sample_eval_and_inspect(corpus, tmp_path, capsys):
     import json
 
-    from md4.checkpoint import read_checkpoint
+    from md4.runs.checkpoints import read_checkpoint
 
     run = tmp_path / "run"
     code, _, err = cli(
@@ -304,7 +304,7 @@ def test_inspect_refuses_a_shared_schedule(corpus, tmp_path, capsys):
 
 
 def test_schedule_parameters_get_their_own_learning_rate():
-    from md4.train import parameter_groups
+    from md4.training.trainer import parameter_groups
 
     model = GenMD4(FixedDenoiser(), V, theta_lr=0.5)
     model.extra = torch.nn.Linear(2, 2)

@@ -15,8 +15,8 @@ from PIL import Image
 from md4 import sample
 from md4.cli import main
 from md4.data import ImageCodec
-from md4.generate import complete, image_mask
-from md4.run import load_run
+from md4.generation.images import complete, image_mask
+from md4.runs.directory import load_run
 
 TINY = [
     "model.net=unet",

@@ -113,7 +113,8 @@ def no_torchrun(monkeypatch):
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     run_dir.mkdir()
-    code = "import sys, time; from md4.run import RunLock; lock = RunLock(sys.argv[1]).acquire(); print('ok', flush=True); "
+    code = "import sys, time; from md4.runs.directory import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+    code += "print('ok', flush=True); "
     holder = subprocess.Popen([sys.executable, "-c", code + "time.sleep(60)", str(run_dir)], stdout=subprocess.PIPE)
     assert holder.stdout.readline().strip() == b"ok"
     return holder

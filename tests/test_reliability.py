@@ -20,7 +20,7 @@ import torch
 from cli_runs import TINY_TEXT as TINY
 from cli_runs import cli, last_error
 
-from md4.checkpoint import CheckpointError, list_checkpoints, read_checkpoint, save_checkpoint
+from md4.runs.checkpoints import CheckpointError, list_checkpoints, read_checkpoint, save_checkpoint
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_a_second_writer_is_refused_with_the_pid_and_a_dead_holder_does_not_bloc
         [
             sys.executable,
             "-c",
-            "import sys, time; from md4.run import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+            "import sys, time; from md4.runs.directory import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(120)",
             str(run_dir),
         ],

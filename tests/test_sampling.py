@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from md4.diffusion import MD4
+from md4.core.md4 import MD4
+from md4.core.schedules import get_schedule
 from md4.sampling import SAMPLER_NAMES, SAMPLERS, categorical, nucleus, prefix_init, sample, time_grid
-from md4.schedules import get_schedule
 
 
 def model_of(denoiser, schedule="linear", vocab_size=3):

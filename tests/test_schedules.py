@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from md4.schedules import PolynomialSchedule, get_schedule
+from md4.core.schedules import PolynomialSchedule, get_schedule
 
 NAMES = ["linear", "cosine", "poly2", "poly0.5", "poly3.7", "geometric"]
 

@@ -8,16 +8,16 @@ import signal
 import pytest
 import torch
 
-from md4.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from md4.config import ConfigError, build_config
+from md4.core.md4 import MD4
+from md4.core.schedules import PolynomialSchedule
 from md4.data import ArrayDataset, RawCodec, TokenStream, prepare
-from md4.diffusion import MD4
 from md4.evaluate import estimate_nelbo
 from md4.models import DataSpec, build_model
-from md4.run import RunError, load_run, resume_config
+from md4.runs.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+from md4.runs.directory import RunError, load_run, resume_config
 from md4.sampling import sample
-from md4.schedules import PolynomialSchedule
-from md4.train import EMA, Trainer, learning_rate, parameter_groups, train
+from md4.training.trainer import EMA, Trainer, learning_rate, parameter_groups, train
 
 TINY = [
     "net.dim=32",
@@ -121,7 +121,7 @@ def test_ctrl_c_saves_and_stops_cleanly_then_resumes(corpus, tmp_path):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
-    import md4.checkpoint as checkpoint
+    import md4.runs.checkpoints as checkpoint
 
     run_dir = tmp_path / "run"
     train(tiny_config(corpus, "train.steps=3"), run_dir, progress=False)

@@ -6,9 +6,21 @@ infilling (:func:`generate`), the bidirectional :class:`Transformer` denoiser, a
 a model from a config (:func:`build_model`, :data:`MODEL_KINDS`, :data:`NETWORKS`).
 """
 
-from md4.diffusion import MD4, MD4Options, antithetic_times, bits_per_token, perplexity
-from md4.generate import Generation, generate, infill_template
-from md4.genmd4 import GenMD4, GenMD4Options
+from md4 import _moved
+from md4.core.genmd4 import GenMD4, GenMD4Options
+from md4.core.md4 import MD4, MD4Options
+from md4.core.noise import antithetic_times
+from md4.core.schedules import (
+    CosineSchedule,
+    GeometricSchedule,
+    LinearSchedule,
+    MaskingSchedule,
+    PolynomialSchedule,
+    TokenPolynomialSchedule,
+    get_schedule,
+)
+from md4.core.units import bits_per_token, perplexity
+from md4.generation.text import Generation, generate, infill_template
 from md4.models import MODEL_KINDS, NETWORKS, DataSpec, build_model, count_parameters
 from md4.nn.transformer import Transformer, TransformerConfig
 from md4.sampling import (
@@ -22,15 +34,8 @@ from md4.sampling import (
     sample,
     time_grid,
 )
-from md4.schedules import (
-    CosineSchedule,
-    GeometricSchedule,
-    LinearSchedule,
-    MaskingSchedule,
-    PolynomialSchedule,
-    TokenPolynomialSchedule,
-    get_schedule,
-)
+
+_moved.install()  # md4 0.2's module paths (md4.diffusion, md4.train, ...) keep working
 
 __version__ = "0.2.0"
 

@@ -108,7 +108,7 @@ def training_config(args, quiet: bool = False):
     """The config of an ``md4 train`` (new or resumed), its run folder, the run's own data for a resume (None:
     prepare ``config.data.name``), and a note for the banner; ``quiet`` drops the config's warnings."""
     from md4.config import build_config, default_preset, preset_note
-    from md4.run import own_dataset, resume_config
+    from md4.runs.directory import own_dataset, resume_config
 
     if args.checkpoint is not None and not args.resume:
         raise ValueError("--checkpoint picks the checkpoint to resume from; pass it with --resume.")
@@ -128,8 +128,8 @@ def launch_training(args) -> int:
     """``md4 train --nproc N``: check what can be checked (config, batch split, run folder, data, checkpoint) in
     this process, then start the N processes with torchrun."""
     from md4 import distributed
-    from md4.run import check_run_dir_free
-    from md4.train import training_data
+    from md4.runs.directory import check_run_dir_free
+    from md4.training.trainer import training_data
 
     positive("--nproc", args.nproc)
     config, run_dir, dataset, _ = training_config(args)
@@ -141,7 +141,7 @@ def launch_training(args) -> int:
 def train_process(args) -> int:
     """One training process: alone, or a rank of several under torchrun."""
     from md4 import distributed
-    from md4.train import build_trainer
+    from md4.training.trainer import build_trainer
 
     config, run_dir, dataset, note = training_config(args, quiet=distributed.launched_by_md4())
     world = distributed.connect(config.train.device, config.train.dist_timeout)
@@ -202,8 +202,8 @@ def class_labels(run, num: int, per_class: int | None = None) -> torch.Tensor | 
 
 
 def sample_text(run, num: int, seed: int, **options):
-    """Samples of a loaded text run, decoded: a :class:`md4.generate.Generation`."""
-    from md4.generate import generate
+    """Samples of a loaded text run, decoded: a :class:`md4.generation.text.Generation`."""
+    from md4.generation.text import generate
 
     return generate(run.model, run.codec, num, labels=class_labels(run, num), seed=seed, **options)
 
@@ -211,9 +211,9 @@ def sample_text(run, num: int, seed: int, **options):
 def sample_images(run, args, options: dict) -> tuple[list[Path], int, str]:
     """Image samples of a loaded run as PNG files (a grid, or an infilling panel, and a reverse-process strip):
     the paths written, the NFE and an ASCII preview of the first image."""
-    from md4 import image_outputs as pictures
     from md4.device import autocast
-    from md4.generate import complete, image_mask
+    from md4.generation import pictures as pictures
+    from md4.generation.images import complete, image_mask
     from md4.sampling import sample
 
     codec, model = run.codec, run.model
@@ -244,7 +244,7 @@ def sample_images(run, args, options: dict) -> tuple[list[Path], int, str]:
 
 def cmd_sample(args) -> int:
     from md4.data import ImageCodec
-    from md4.run import load_run
+    from md4.runs.directory import load_run
 
     for name in ("num", "steps", "length", "per_class", "scale"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
@@ -337,7 +337,7 @@ def cmd_eval(args) -> int:
     from tqdm.auto import tqdm
 
     from md4.evaluate import estimate_nelbo, held_out_batches
-    from md4.run import load_run
+    from md4.runs.directory import load_run
 
     for name in ("batch_size", "steps", "max_batches", "draws"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
@@ -399,8 +399,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from md4.run import load_run
-    from md4.schedule_plot import plot_schedule, ranked_exponents
+    from md4.generation.schedule_plot import plot_schedule, ranked_exponents
+    from md4.runs.directory import load_run
 
     if args.out:
         check_output_file(Path(args.out), "--out", "schedule.png")
@@ -438,8 +438,8 @@ def cmd_presets(args) -> int:
 def train_demo(preset: str, run_dir: Path, overrides: list[str], progress: bool):
     """Train (or resume, or reuse) a demo run on the preset's own data; the TrainResult."""
     from md4.config import build_config, load_preset
-    from md4.run import is_run, resume_config
-    from md4.train import build_trainer
+    from md4.runs.directory import is_run, resume_config
+    from md4.training.trainer import build_trainer
 
     resume = is_run(run_dir)
     if resume:
@@ -454,7 +454,7 @@ def train_demo(preset: str, run_dir: Path, overrides: list[str], progress: bool)
 def cmd_demo(args) -> int:
     """Train a demo preset, sample, and evaluate on the valid and test splits: Shakespeare, or MNIST with --images."""
     from md4.evaluate import estimate_nelbo, held_out_batches
-    from md4.run import load_run
+    from md4.runs.directory import load_run
 
     run_dir = Path(args.out or ("runs/demo-mnist" if args.images else "runs/demo"))
     start = time.time()
@@ -508,9 +508,9 @@ def demo_texts(run) -> dict:
 def demo_images(run, run_dir: Path) -> dict:
     """The image demo's pictures: a grid with a row per class, an unconditional grid (guidance 0), the reverse
     process, an infilled test image."""
-    from md4 import image_outputs as pictures
     from md4.evaluate import held_out_batches
-    from md4.generate import complete, image_mask
+    from md4.generation import pictures as pictures
+    from md4.generation.images import complete, image_mask
     from md4.sampling import sample
 
     codec, model = run.codec, run.model
@@ -774,7 +774,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 def exit_code_of(err: ValueError) -> int:
     """The exit code of one of md4's own errors (README, "Exit codes")."""
     from md4.distributed import WorkerFailed
-    from md4.train import TrainingDiverged
+    from md4.training.trainer import TrainingDiverged
 
     if isinstance(err, WorkerFailed):
         return err.exit_code

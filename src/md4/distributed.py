@@ -3,7 +3,7 @@
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each process;
 :func:`connect` joins them into one process group (gloo on CPU, NCCL on CUDA). A process started without
 torchrun is a world of one, and nothing here talks to anyone then. The randomness layout that makes N processes
-train exactly like one is described in :class:`md4.diffusion.BatchShard` and :meth:`md4.data.Dataset.train_batch`.
+train exactly like one is described in :class:`md4.core.noise.BatchShard` and :meth:`md4.data.Dataset.train_batch`.
 """
 
 from __future__ import annotations

@@ -11,12 +11,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from md4.core.units import bits_per_token, perplexity
 from md4.data import Batch, DataError, PreparedImages, dataset_of, eval_chunks, is_image_recipe, prepare
 from md4.data.textfile import read_corpus, text_files
 from md4.device import autocast
-from md4.diffusion import bits_per_token, perplexity
 from md4.distributed import World, derived_seed
-from md4.run import cached_run_data
+from md4.runs.directory import cached_run_data
 
 DEFAULT_BOUND_STEPS = 1000  # T of the discrete-time bound (the paper evaluates with 1000 steps)
 
@@ -111,7 +111,7 @@ class HeldOut(NamedTuple):
 
 
 def held_out_batches(run, data: str | None, split: str, batch_size: int, max_batches: int | None = None) -> HeldOut:
-    """Evaluation batches for a loaded run (:class:`md4.run.LoadedRun`).
+    """Evaluation batches for a loaded run (:class:`md4.runs.directory.LoadedRun`).
 
     ``data``: None for the run's own dataset (its ``split``, found in the cache by its fingerprint), another recipe
     name with the same vocabulary, or the path of any text file or folder, encoded with the run's tokenizer (all

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from md4.diffusion import MD4, MD4Options
-from md4.genmd4 import GenMD4, GenMD4Options
+from md4.core.genmd4 import GenMD4, GenMD4Options
+from md4.core.md4 import MD4, MD4Options
 from md4.nn.transformer import Transformer, TransformerConfig
 from md4.nn.unet import UNet, UNetConfig
 from md4.nn.uvit import UViT, UViTConfig

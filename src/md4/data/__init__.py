@@ -2,6 +2,7 @@
 batch them."""
 
 from md4.data.batches import ArrayDataset, Batch, Dataset, TokenStream, eval_chunks, random_windows
+from md4.data.cache import DataError, cache_dir, token_dtype
 from md4.data.codec import Codec, RawCodec, codec_from_dict
 from md4.data.images import ImageCodec, ImageDataset, PreparedImages
 from md4.data.recipes import (
@@ -17,7 +18,7 @@ from md4.data.recipes import (
     recipe_num_classes,
     recipe_vocab_size,
 )
-from md4.data.store import DataError, PreparedData, cache_dir, token_dtype
+from md4.data.store import PreparedData
 from md4.data.tokenizers import CharTokenizer, GPT2Tokenizer, Text8Tokenizer, Tokenizer
 from md4.data.wikifil import wikifil
 

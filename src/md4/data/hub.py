@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from md4.data.store import Built, DataError, token_dtype
+from md4.data.cache import DataError, token_dtype
+from md4.data.store import Built
 from md4.data.tokenizers import GPT2Tokenizer, Tokenizer
 
 PREFIX = "hf:"

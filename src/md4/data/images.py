@@ -22,8 +22,8 @@ from PIL import Image, ImageOps
 
 from md4 import notices
 from md4.data.batches import Batch
+from md4.data.cache import DataError, check_digest, content_digest
 from md4.data.codec import CODECS, Codec, as_ids, codec_from_dict
-from md4.data.store import DataError, check_digest, content_digest
 from md4.files import atomic_output, write_atomic
 
 FORMAT_VERSION = 2  # 2: meta.json holds each split's SHA-256

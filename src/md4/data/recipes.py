@@ -17,18 +17,10 @@ from typing import NamedTuple
 
 from md4.data import hub, image_sources, shakespeare, text8, textfile, wikisample
 from md4.data.batches import Dataset, TokenStream
+from md4.data.cache import DataError, cache_lock, no_space_error, source_stamp
+from md4.data.cache import cache_dir as default_cache_dir
 from md4.data.images import ImageDataset, PreparedImages, RawImages, check_levels, load_images, save_images
-from md4.data.store import (
-    Built,
-    DataError,
-    PreparedData,
-    cache_lock,
-    load_prepared,
-    no_space_error,
-    save_prepared,
-    source_stamp,
-)
-from md4.data.store import cache_dir as default_cache_dir
+from md4.data.store import Built, PreparedData, load_prepared, save_prepared
 from md4.data.tokenizers import GPT2Tokenizer
 from md4.files import remove_temporaries
 from md4.limits import MAX_EXAMPLE_TOKENS

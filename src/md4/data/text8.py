@@ -12,7 +12,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from md4.data.store import Built, DataError, contiguous_split
+from md4.data.cache import DataError, contiguous_split
+from md4.data.store import Built
 from md4.data.tokenizers import Text8Tokenizer
 from md4.files import atomic_output
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from md4.data.store import Built, DataError, contiguous_split
+from md4.data.cache import DataError, contiguous_split
+from md4.data.store import Built
 from md4.data.tokenizers import CharTokenizer
 
 SEPARATOR = "\n\n"  # placed between files (and between Shakespeare's works)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from md4.data.cache import DataError, token_dtype
 from md4.data.codec import CODECS, Codec, as_ids
-from md4.data.store import DataError, token_dtype
 
 
 def _as_ids(ids: Any, vocab_size: int) -> np.ndarray:

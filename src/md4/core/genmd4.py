@@ -1,7 +1,7 @@
 """GenMD4: masked diffusion with a learned per-token schedule (the paper's GenMD4), a sibling of :class:`md4.MD4`.
 
 Each token value v has its own schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} with w = softplus(theta) learned
-with the network (:class:`md4.schedules.TokenPolynomialSchedule`). The continuous-time NELBO over t in [t1, 1]
+with the network (:class:`md4.core.schedules.TokenPolynomialSchedule`). The continuous-time NELBO over t in [t1, 1]
 is, per sequence,
 
     int_{t1}^1 sum_v (-w_v / t) E_q [ sum_{masked n} g_n[v] ] dt + reconstruction at t1,
@@ -22,16 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import (
-    BatchShard,
-    ConditioningOptions,
-    Denoiser,
-    MaskedDiffusion,
-    antithetic_times,
-    bits_per_token,
-    uniform_rows,
-)
-from .schedules import DEFAULT_EPS, TokenPolynomialSchedule
+from md4.core.masked import ConditioningOptions, Denoiser, MaskedDiffusion
+from md4.core.noise import BatchShard, antithetic_times, uniform_rows
+from md4.core.schedules import DEFAULT_EPS, TokenPolynomialSchedule
+from md4.core.units import bits_per_token
 
 
 @dataclass
@@ -65,7 +59,7 @@ class GenMD4(MaskedDiffusion):
         vocab_size: V; the mask id is V.
         w_init, t1, eps, theta_lr: see :class:`GenMD4Options`.
         data_shape: optional per-example shape, checked on input and the default sample shape.
-        num_classes, label_dropout: class conditioning (see :class:`md4.diffusion.MaskedDiffusion`).
+        num_classes, label_dropout: class conditioning (see :class:`md4.core.masked.MaskedDiffusion`).
     """
 
     def __init__(

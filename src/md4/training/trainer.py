@@ -23,7 +23,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from md4 import distributed
-from md4.checkpoint import (
+from md4.config import Config, ConfigError
+from md4.core.noise import BatchShard
+from md4.device import autocast, resolve_device
+from md4.distributed import World, derived_seed
+from md4.evaluate import estimate_nelbo
+from md4.files import remove_temporaries, write_atomic
+from md4.models import DataSpec, build_model
+from md4.notices import warn
+from md4.runs.checkpoints import (
     CheckpointError,
     clean_temporaries,
     find_checkpoint,
@@ -33,16 +41,7 @@ from md4.checkpoint import (
     save_checkpoint,
     supersede_after,
 )
-from md4.config import Config, ConfigError
-from md4.device import autocast, resolve_device
-from md4.diffusion import BatchShard
-from md4.distributed import World, derived_seed
-from md4.evaluate import estimate_nelbo
-from md4.files import remove_temporaries, write_atomic
-from md4.metrics_log import MetricsLog
-from md4.models import DataSpec, build_model
-from md4.notices import warn
-from md4.run import (
+from md4.runs.directory import (
     RunError,
     RunLock,
     check_links,
@@ -53,6 +52,7 @@ from md4.run import (
     read_run_files,
     write_run_files,
 )
+from md4.runs.metrics_log import MetricsLog
 from md4.sampling import sample
 
 # Keys that may change when a run is resumed; any other difference is an error.
@@ -196,7 +196,7 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains ``model`` on ``data`` into ``run_dir`` (see :mod:`md4.run` for the layout).
+    """Trains ``model`` on ``data`` into ``run_dir`` (see :mod:`md4.runs.directory` for the layout).
 
     The run directory is locked from construction until :meth:`fit` returns. On resume, everything is
     checked (config, data, checkpoint) before anything in the run directory is rewritten.
@@ -204,7 +204,7 @@ class Trainer:
     With a ``world`` of several processes (:mod:`md4.distributed`) the model is wrapped in
     DistributedDataParallel; ``train.batch_size`` is the global batch, each rank computes its rows of it, and
     rank 0 alone writes the run directory. Data and noise follow one layout for any number of processes
-    (:class:`md4.diffusion.BatchShard`), so N processes reach the parameters one process reaches.
+    (:class:`md4.core.noise.BatchShard`), so N processes reach the parameters one process reaches.
     """
 
     def __init__(
@@ -565,7 +565,7 @@ def build_trainer(
     """Prepare the data and build the model a validated config describes, and a Trainer for them.
 
     ``dataset``: the data to train on instead of preparing ``config.data.name`` (a run's own data from the cache,
-    :func:`md4.run.own_dataset`). With several processes rank 0 prepares the data first (:func:`training_data`),
+    :func:`md4.runs.directory.own_dataset`). With several processes rank 0 prepares the data first (:func:`training_data`),
     so the others find it in the cache.
     """
     from md4.data import open_dataset

@@ -2,7 +2,7 @@
 
 Layout: ``config.json``, ``data.json`` (the codec, one example's shape, the number of classes, and where the
 data came from: its canonical name, cache key and content fingerprint), ``checkpoints/step_*/`` (see
-:mod:`md4.checkpoint`), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``samples/``, ``curves.png``, and
+:mod:`md4.runs.checkpoints`), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``samples/``, ``curves.png``, and
 ``.lock``, which the one training process writing the run holds for its whole life.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from md4.checkpoint import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
+from md4.runs.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
 from md4.config import Config, ConfigError, apply_overrides, validate
 from md4.data import (
     Codec,

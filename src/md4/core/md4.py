@@ -1,0 +1,195 @@
+"""MD4: masked diffusion with the continuous- and discrete-time NELBO (Shi et al. 2024, Sec. 2-4).
+
+Everything inside is in nats per sequence; :func:`md4.core.units.bits_per_token` converts at the edges. Samples
+come from :func:`md4.sample`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from md4.core.masked import ConditioningOptions, Denoiser, MaskedDiffusion
+from md4.core.noise import BatchShard, antithetic_times, uniform_rows
+from md4.core.schedules import DEFAULT_EPS, MaskingSchedule, get_schedule
+from md4.core.units import bits_per_token
+
+
+@dataclass
+class MD4Options(ConditioningOptions):
+    """The ``[model]`` options of ``kind = "md4"``: the masking schedule and its clamp eps, and conditioning."""
+
+    schedule: str = "linear"
+    eps: float = DEFAULT_EPS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_schedule(self.schedule, self.eps)  # an unknown name or a bad eps fails here, before any data is read
+
+
+class MD4(MaskedDiffusion):
+    """Masked diffusion model of paper Sec. 2-4 around any denoiser.
+
+    Args:
+        denoiser: callable following the contract in the module docstring.
+        vocab_size: V, the number of real tokens; the mask id is V.
+        schedule: a :class:`MaskingSchedule` module (owned by the model from here on) or the name of one
+            (``linear``, ``cosine``, ``polyK``, ``geometric``), built with ``eps``.
+        eps: the clamp of a schedule given by name (default 1e-4, the release's); a schedule module has its own.
+        data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input and used
+            by :func:`md4.sample` as the default sample shape.
+        num_classes, label_dropout: class conditioning (see :class:`MaskedDiffusion`).
+    """
+
+    discrete_bound = True
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        vocab_size: int,
+        schedule: str | MaskingSchedule = "linear",
+        eps: float | None = None,
+        data_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+        label_dropout: float = 0.0,
+    ):
+        if isinstance(schedule, MaskingSchedule):
+            if eps is not None:
+                raise ValueError("eps belongs to the schedule; pass it when building the schedule, not to MD4.")
+        else:
+            schedule = get_schedule(schedule, DEFAULT_EPS if eps is None else eps)
+        if schedule.per_token:
+            raise ValueError(f"MD4 needs a schedule shared by every token, but {schedule.name} is per token.")
+        super().__init__(denoiser, vocab_size, schedule, data_shape, num_classes, label_dropout)
+
+    @classmethod
+    def build(cls, options: MD4Options, denoiser: Denoiser, spec) -> MD4:
+        """The model of a run: ``options`` from the config's ``[model]`` table, ``spec`` from its data (its
+        ``num_classes`` is None unless the model is conditional)."""
+        return cls(
+            denoiser,
+            spec.vocab_size,
+            options.schedule,
+            options.eps,
+            spec.data_shape,
+            spec.num_classes,
+            options.label_dropout,
+        )
+
+    # -------------------------------------------------------------- forward q
+    def forward_sample(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
+    ) -> torch.Tensor:
+        """Draw z_t ~ q(z_t | x): keep each token with probability alpha(t), else mask (paper Sec. 2)."""
+        alpha = self._expand(self.schedule.alpha(t.double()).float(), x)
+        keep = uniform_rows(x.shape, x.device, generator, shard) < alpha
+        return torch.where(keep, x, torch.full_like(x, self.mask_id))
+
+    def _masked_log_likelihood(self, x, z, t, labels):
+        """sum over masked n of log mu(z_t, t)[n, x_n], per sequence [B]."""
+        masked, logp = self.masked_log_probs(z, t, labels)
+        return self.sum_masked(masked, logp.gather(-1, x[masked].unsqueeze(-1)).squeeze(-1))
+
+    # ----------------------------------------------------------------- losses
+    def continuous_loss(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
+    ) -> torch.Tensor:
+        """One-sample estimate of the diffusion term of L_inf (paper Eq. 4), nats per sequence [B].
+
+        w(t) * sum_{masked n} log mu(z_t, t)[n, x_n] with w = alpha'/(1 - alpha); t is antithetic if not given.
+        """
+        self._check_input(x)
+        if t is None:
+            t = antithetic_times(x.shape[0], x.device, generator, shard)
+        else:
+            self._check_times(t, x.shape[0])
+        z = self.forward_sample(x, t, generator, shard)
+        weight = self.schedule.weight(t.double()).float()
+        return weight * self._masked_log_likelihood(x, z, t.float(), labels)
+
+    def discrete_loss(
+        self,
+        x: torch.Tensor,
+        num_steps: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One-sample estimate of the diffusion term of L_T (paper Eq. 3), nats per sequence [B].
+
+        A step i in 1..T per sequence (stratified over the batch), weighted by
+        T (alpha_s - alpha_t) / (1 - alpha_t) = -T expm1(g_t - g_s) alpha_s with g = log(alpha / (1 - alpha)).
+        """
+        self._check_input(x)
+        if int(num_steps) != num_steps or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps}.")
+        u = antithetic_times(x.shape[0], x.device, generator)
+        step = torch.clamp(torch.floor(u * num_steps), max=num_steps - 1) + 1  # i in 1..T
+        t, s = (step / num_steps).double(), ((step - 1) / num_steps).double()
+        weight = -torch.expm1(self.schedule.log_snr(t) - self.schedule.log_snr(s)) * self.schedule.alpha(s)
+        z = self.forward_sample(x, t.float(), generator)
+        return -num_steps * weight.float() * self._masked_log_likelihood(x, z, t.float(), labels)
+
+    def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """-E log p(x | z_0): a token masked at t = 0 (probability 1 - alpha(0)) costs log V; [B].
+
+        Differentiable in the schedule's parameters, if it has any.
+        """
+        alpha0 = self.schedule.alpha(torch.zeros((), dtype=torch.float64, device=x.device))
+        value = x[0].numel() * (1.0 - alpha0) * math.log(self.vocab_size)
+        return value.float().expand(x.shape[0])
+
+    def nelbo(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
+    ) -> torch.Tensor:
+        """One Monte-Carlo draw of the NELBO in nats per sequence [B].
+
+        ``num_steps=None`` gives the continuous-time bound L_inf (Eq. 4); an integer T the discrete-time L_T (Eq. 3).
+        Both add the reconstruction term; the prior term at t = 1 is negligible (alpha(1) = eps) and omitted,
+        as in the release.
+        """
+        if num_steps is None:
+            diffusion = self.continuous_loss(x, labels=labels, generator=generator, shard=shard)
+        else:
+            if shard is not None:
+                raise ValueError("The discrete-time bound is for evaluation; draw it without a shard.")
+            diffusion = self.discrete_loss(x, num_steps, labels=labels, generator=generator)
+        return diffusion + self.reconstruction_loss(x)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training objective: the continuous NELBO averaged over the batch, in nats per token.
+
+        Returns the scalar to backpropagate and detached metrics (nats per sequence and bits per token).
+        ``shard``: this process's rows of a batch split over processes (:class:`BatchShard`).
+        """
+        labels = self.training_labels(labels, generator, shard)
+        nelbo = self.nelbo(x, labels=labels, generator=generator, shard=shard)
+        num_tokens = x[0].numel()
+        loss = nelbo.mean() / num_tokens
+        metrics = {
+            "loss": loss.detach(),
+            "nelbo": nelbo.detach().mean(),
+            "bits_per_token": bits_per_token(nelbo.detach().mean(), num_tokens),
+        }
+        return loss, metrics

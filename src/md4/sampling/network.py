@@ -1,0 +1,86 @@
+"""The denoiser as the samplers see it: mu = softmax of the model's logits with classifier-free guidance, counting
+the network calls (NFE); and the snapshots of the reverse process."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from md4.sampling.options import MAX_GUIDANCE
+
+
+class Diffusion(Protocol):
+    """What a sampler needs of a model (:class:`md4.MD4` is one)."""
+
+    vocab_size: int
+    schedule: torch.nn.Module
+    data_shape: tuple[int, ...] | None
+    time_independent: bool
+
+    def logits(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+
+
+
+class Network:
+    """mu = softmax of the model's logits, counting the calls (NFE).
+
+    A time-independent denoiser (the optimal one is, paper Sec. 3) gives the same mu for the same z at any t,
+    so a call with z unchanged since the previous one reuses its output: grid steps that unmask nothing then
+    cost no network call.
+
+    Classifier-free guidance mixes the logits with and without the labels, ``l(none) + guidance * (l(labels) -
+    l(none))`` ("none" is the model's "no label" id): 1 is plain conditioning, 0 ignores the labels, and more
+    than 1 follows them more closely. Both are computed in one call on a doubled batch.
+    """
+
+    def __init__(self, model: Diffusion, labels: torch.Tensor | None, guidance: float = 1.0):
+        self.model, self.labels, self.guidance = model, labels, float(guidance)
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:  # also NaN
+            raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g} (1: no guidance), got {guidance}.")
+        if self.guidance == 0.0 and labels is None:  # ignoring labels that were never given: the model as it is
+            self.guidance = 1.0
+        if self.guidance != 1.0:
+            if labels is None or getattr(model, "num_classes", None) is None:
+                raise ValueError("Guidance needs a class-conditional model and labels; pass labels or guidance=1.")
+            self.unlabelled = torch.full_like(labels, model.num_classes)
+            if self.guidance == 0.0:  # exactly the unconditional model
+                self.labels, self.guidance = self.unlabelled, 1.0
+        self.reuse = bool(model.time_independent)
+        self.nfe = 0
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _logits(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.guidance == 1.0:
+            return self.model.logits(z, t, self.labels)
+        both = self.model.logits(torch.cat([z, z]), torch.cat([t, t]), torch.cat([self.labels, self.unlabelled]))
+        labelled, unlabelled = both.float().chunk(2)
+        return unlabelled + self.guidance * (labelled - unlabelled)
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.reuse and self._last is not None and torch.equal(self._last[0], z):
+            return self._last[1]
+        logits = self._logits(z, t.float())
+        self.nfe += 1
+        probs = F.softmax(logits.float(), dim=-1)
+        if self.reuse:
+            self._last = (z.clone(), probs)
+        return probs
+
+
+class Trajectory:
+    """Snapshots of z_t on the way to the sample: whenever the unmasked fraction passes k / (n - 1)."""
+
+    def __init__(self, count: int, mask_id: int):
+        self.count, self.mask_id = count, mask_id
+        self.states: list[torch.Tensor] = []
+
+    def __call__(self, z: torch.Tensor) -> None:
+        if self.count < 2:
+            return
+        done = float((z != self.mask_id).double().mean())
+        while len(self.states) < self.count and done >= len(self.states) / (self.count - 1) - 1e-12:
+            self.states.append(z.clone())
