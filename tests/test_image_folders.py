@@ -24,7 +24,7 @@ from md4.data import (
     recipe_num_classes,
     recipe_vocab_size,
 )
-from md4.data import image_sources as sources
+from md4.data import image_folders as folders
 from md4.limits import MAX_EXAMPLE_TOKENS
 from md4.models import DataSpec
 
@@ -133,8 +133,8 @@ def test_the_headers_are_read_once_per_process(tmp_path: Path, monkeypatch: pyte
     folder = tmp_path / "scan"
     files = images(folder, 20)
     read = []
-    header = sources._header
-    monkeypatch.setattr(sources, "_header", lambda path: read.append(path) or header(path))
+    header = folders._header
+    monkeypatch.setattr(folders, "_header", lambda path: read.append(path) or header(path))
     name = canonical_name(str(folder))
     recipe_image_shape(name), recipe_num_classes(name), is_image_recipe(str(folder)), prepare(str(folder))
     assert sorted(read) == sorted(files)
@@ -177,7 +177,7 @@ def test_linked_class_folders_are_followed_without_cycles(tmp_path: Path) -> Non
     (photos / "dog").symlink_to(tmp_path / "elsewhere" / "dogs", target_is_directory=True)
     (photos / "cat" / "loop").symlink_to(photos, target_is_directory=True)  # a cycle: not followed
     (photos / "cat" / "linked.png").symlink_to(photos / "cat" / "img001.png")  # a linked file counts too
-    files, classes = sources.folder_images(photos)
+    files, classes = folders.folder_images(photos)
     assert classes == ["cat", "dog"] and len(files) == 23
     assert recipe_num_classes(str(photos)) == 2
     data = prepare(str(photos))

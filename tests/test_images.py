@@ -34,6 +34,7 @@ from md4.data import (
     recipe_num_classes,
     recipe_vocab_size,
 )
+from md4.data import image_folders
 from md4.data import image_sources as sources
 
 RNG = np.random.default_rng(0)
@@ -415,7 +416,7 @@ def test_image_folder_with_class_subfolders(tmp_path: Path, monkeypatch: pytest.
     assert data.meta["classes"] == ["cat", "dog"] and max(map(np.max, data.splits.values())) < 32
     assert data.labels is not None
     assert (data.labels["valid"] == [0, 1]).all() and (data.labels["test"] == [0, 1]).all()  # every class, each split
-    files, _ = sources.folder_images(tmp_path / "photos")
+    files, _ = image_folders.folder_images(tmp_path / "photos")
     fitted = np.asarray(ImageOps.fit(Image.open(files[18]).convert("RGB"), (6, 8)))  # the first valid image
     assert (data.splits["valid"][0] == fitted // 8).all()
     assert prepare(f"images:{tmp_path / 'photos'}:8x6", levels=32).key == data.key

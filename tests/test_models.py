@@ -28,7 +28,7 @@ def test_paper_presets_build_the_release_networks_exactly(preset, release, count
     config = build_config(preset, [])
     spec = data_spec_guess(config)
     assert spec.vocab_size == release.vocab_size
-    built = models.net_config(config.model, config.net, spec)
+    built = config.plan().net_config(spec)
     assert dataclasses.replace(built, data_shape=None) == release  # the data field aside, field for field
     assert count_parameters(config, spec) == count
     with torch.device("meta"):

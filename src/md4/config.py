@@ -32,6 +32,7 @@ from md4.data import (
 from md4.device import PRECISIONS
 from md4.distributed import PARALLEL_MODES
 from md4.limits import MAX_EXAMPLE_TOKENS
+from md4.nn.contract import capabilities_of
 from md4.notices import warn
 from md4.sampling import DEFAULT_STEPS
 
@@ -53,6 +54,18 @@ class DataConfig:
     name: str = "shakespeare"
     seq_len: int = 256
     levels: int | None = None
+
+    def check(self, images: bool | None) -> None:
+        """Refuse impossible settings, one sentence each; ``images``: whether the data are images (None: unknown,
+        for a run directory's own data, whose name is not looked up)."""
+        if self.seq_len < 1:
+            raise ConfigError(f"data.seq_len must be positive, got {self.seq_len}.")
+        if self.seq_len > MAX_EXAMPLE_TOKENS:
+            raise ConfigError(f"data.seq_len={self.seq_len:,} is more than md4's limit of {MAX_EXAMPLE_TOKENS:,}.")
+        if images is False and self.levels is not None:
+            raise ConfigError(f"data.levels quantises images, but {self.name} is text; leave data.levels out.")
+        if self.levels is not None and not 2 <= self.levels <= 256:
+            raise ConfigError(f"data.levels must be in 2..256, got {self.levels}.")
 
 
 @dataclass
@@ -89,6 +102,54 @@ class TrainConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
 
+    def check(self) -> None:
+        """Refuse impossible settings, one sentence each (``validate`` calls it on the whole config)."""
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if self.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+            raise ConfigError(
+                f"train.weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, "
+                f"got {self.weight_decay_scope!r}."
+            )
+        for key in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+            "sample_every",
+            "sample_steps",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "dist_timeout",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be a positive integer, got {getattr(self, key)}.")
+        if self.parallel not in PARALLEL_MODES:
+            raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {self.parallel!r}.")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is the whole batch of a step, split into "
+                f"train.grad_accum={self.grad_accum} micro-batches, so it must be a multiple of {self.grad_accum}."
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a positive finite number, got {self.lr}.")
+        for key, low, high in (("ema_decay", 0.0, 1.0), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0)):
+            if not low <= getattr(self, key) < high:
+                raise ConfigError(f"train.{key} must be in [{low:g}, {high:g}), got {getattr(self, key)}.")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(
+                f"train.min_lr_ratio must be in [0, 1] (a fraction of train.lr), got {self.min_lr_ratio}."
+            )
+        for key in ("warmup_steps", "weight_decay"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}.")
+        if not self.grad_clip >= 0:
+            raise ConfigError(f"train.grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}.")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+
 
 def _default_model() -> dict[str, Any]:
     return {"kind": "md4", "net": "transformer", **models.option_defaults(models.model_kind("md4").options)}
@@ -106,6 +167,7 @@ class Config:
     net: dict[str, Any] = field(default_factory=_default_net)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    _plan: tuple[Any, models.ModelPlan] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +198,14 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def plan(self) -> models.ModelPlan:
+        """The model this config describes, resolved once (:func:`md4.models.resolve`): again only after
+        ``[model]`` or ``[net]`` changed."""
+        key = (tuple(self.model.items()), tuple(self.net.items()))
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, models.resolve(self.model, self.net))
+        return self._plan[1]
 
 
 SECTIONS = ("model", "net", "data", "train")
@@ -277,78 +347,35 @@ def data_spec_guess(config: Config) -> models.DataSpec:
     return models.DataSpec(vocab, tuple(shape), classes)
 
 
-def validate(config: Config, spec: models.DataSpec | None = None) -> None:
+def validate(config: Config, spec: models.DataSpec | None = None) -> models.ModelPlan:
     """Reject impossible settings before any work starts: every table, then the model built on the meta device
-    for the data ``spec`` (default: what the config tells of its data, :func:`data_spec_guess`).
+    for the data ``spec`` (default: what the config tells of its data, :func:`data_spec_guess`); return the
+    config's resolved :class:`md4.models.ModelPlan`.
 
     With a ``spec`` (a run directory's own), nothing is looked up from ``data.name``: no file is touched.
     """
-    t = config.train
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}.")
-    if t.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
-        raise ConfigError(
-            f"train.weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, got {t.weight_decay_scope!r}."
-        )
-    for key in (
-        "steps",
-        "batch_size",
-        "grad_accum",
-        "log_every",
-        "eval_every",
-        "eval_batches",
-        "sample_every",
-        "sample_steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "dist_timeout",
-    ):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be a positive integer, got {getattr(t, key)}.")
-    if t.parallel not in PARALLEL_MODES:
-        raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {t.parallel!r}.")
-    if t.batch_size % t.grad_accum:
-        raise ConfigError(
-            f"train.batch_size={t.batch_size} is the whole batch of a step, split into train.grad_accum={t.grad_accum} "
-            f"micro-batches, so it must be a multiple of {t.grad_accum}."
-        )
-    if not (math.isfinite(t.lr) and t.lr > 0):
-        raise ConfigError(f"train.lr must be a positive finite number, got {t.lr}.")
-    for key, low, high in (("ema_decay", 0.0, 1.0), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0)):
-        if not low <= getattr(t, key) < high:
-            raise ConfigError(f"train.{key} must be in [{low:g}, {high:g}), got {getattr(t, key)}.")
-    if not 0.0 <= t.min_lr_ratio <= 1.0:
-        raise ConfigError(f"train.min_lr_ratio must be in [0, 1] (a fraction of train.lr), got {t.min_lr_ratio}.")
-    for key in ("warmup_steps", "weight_decay"):
-        if not getattr(t, key) >= 0:
-            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}.")
-    if not t.grad_clip >= 0:
-        raise ConfigError(f"train.grad_clip must be >= 0 (0 turns clipping off), got {t.grad_clip}.")
-    if not DEVICE_PATTERN.fullmatch(t.device):
-        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}.")
-    if config.data.seq_len < 1:
-        raise ConfigError(f"data.seq_len must be positive, got {config.data.seq_len}.")
-    if config.data.seq_len > MAX_EXAMPLE_TOKENS:
-        raise ConfigError(f"data.seq_len={config.data.seq_len:,} is more than md4's limit of {MAX_EXAMPLE_TOKENS:,}.")
-    if spec is None and config.data.levels is not None and not is_image_recipe(config.data.name):
-        raise ConfigError(f"data.levels quantises images, but {config.data.name} is text; leave data.levels out.")
-    if config.data.levels is not None and not 2 <= config.data.levels <= 256:
-        raise ConfigError(f"data.levels must be in 2..256, got {config.data.levels}.")
-    if t.activation_checkpointing and not hasattr(models.network(config.model["net"]).build, "checkpointing"):
+    config.train.check()
+    config.data.check(None if spec is not None else is_image_recipe(config.data.name))
+    network = models.network(config.model["net"])
+    if config.train.activation_checkpointing and not capabilities_of(network.build).checkpointing:
         raise ConfigError(
             f"train.activation_checkpointing is supported by the transformer, not by net {config.model['net']!r}; "
             "leave it off."
         )
+    try:
+        plan = config.plan()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"Bad [model] setting: {err}") from None
     spec = spec or data_spec_guess(config)
     for section, check in (
-        ("model", lambda: models.model_options(config.model)),
-        ("net", lambda: models.net_config(config.model, config.net, spec)),
-        ("model", lambda: models.count_parameters(config, spec)),
+        ("net", lambda: plan.net_config(plan.model_spec(spec))),
+        ("model", lambda: plan.parameter_count(spec)),
     ):
         try:
             check()
         except (ValueError, TypeError) as err:
             raise ConfigError(f"Bad [{section}] setting: {err}") from None
+    return plan
 
 
 # ------------------------------------------------------------------ presets

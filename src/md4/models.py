@@ -112,36 +112,58 @@ def net_keys(net: str) -> dict[str, str]:
     return option_types(network(net).config, DATA_FIELDS)
 
 
-def model_options(model: Mapping[str, Any]) -> Any:
-    """The kind's options dataclass built from a ``[model]`` table (validated on construction)."""
+@dataclass(frozen=True)
+class ModelPlan:
+    """The model a config describes, resolved once: the kind's registry entry with its validated options, and the
+    network's entry with its ``[net]`` table. Built for a data spec by :meth:`build`; nothing re-reads a name."""
+
+    kind: ModelKind
+    options: Any  # the kind's options dataclass, validated on construction
+    network: Network
+    net: tuple[tuple[str, Any], ...]  # the [net] table, frozen
+
+    def model_spec(self, spec: DataSpec) -> DataSpec:
+        """The spec the model sees: the data's classes only when the model is conditional."""
+        if self.options.conditional and spec.num_classes is None:
+            raise ValueError("model.conditional=true needs labelled data, but this data has no classes.")
+        return spec if self.options.conditional else dataclasses.replace(spec, num_classes=None)
+
+    def net_config(self, spec: DataSpec) -> Any:
+        """The network's config dataclass for the data the model sees (validated on construction)."""
+        data = {"vocab_size": spec.vocab_size, "num_classes": spec.num_classes, "data_shape": tuple(spec.data_shape)}
+        fields = {f.name for f in dataclasses.fields(self.network.config)}
+        return self.network.config(**dict(self.net), **{k: v for k, v in data.items() if k in fields})
+
+    def build(self, spec: DataSpec) -> nn.Module:
+        """The model for data described by ``spec``: kind(options, network(net config))."""
+        spec = self.model_spec(spec)
+        return self.kind.build(self.options, self.network.build(self.net_config(spec)), spec)
+
+    def parameter_count(self, spec: DataSpec) -> int:
+        """The parameter count, built on the meta device (no memory, no data)."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in self.build(spec).parameters())
+
+    def weight_shapes(self, spec: DataSpec) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor of the state dict, built on the meta device (no memory, no data)."""
+        with torch.device("meta"):
+            return {name: tuple(value.shape) for name, value in self.build(spec).state_dict().items()}
+
+
+def resolve(model: Mapping[str, Any], net: Mapping[str, Any]) -> ModelPlan:
+    """The plan of a ``[model]`` and a ``[net]`` table: registry entries looked up and the kind's options
+    validated, once."""
     kind = model_kind(model["kind"])
-    return kind.options(**{k: v for k, v in model.items() if k not in SELECTORS})
-
-
-def net_config(model: Mapping[str, Any], net: Mapping[str, Any], spec: DataSpec) -> Any:
-    """The network's config dataclass built from a ``[net]`` table and the data (validated on construction)."""
-    entry = network(model["net"])
-    data = {"vocab_size": spec.vocab_size, "num_classes": spec.num_classes, "data_shape": tuple(spec.data_shape)}
-    fields = {f.name for f in dataclasses.fields(entry.config)}
-    return entry.config(**net, **{k: v for k, v in data.items() if k in fields})
-
-
-def model_spec(options: Any, spec: DataSpec) -> DataSpec:
-    """The spec the model sees: the data's classes only when the model is conditional."""
-    if options.conditional and spec.num_classes is None:
-        raise ValueError("model.conditional=true needs labelled data, but this data has no classes.")
-    return spec if options.conditional else dataclasses.replace(spec, num_classes=None)
+    options = kind.options(**{k: v for k, v in model.items() if k not in SELECTORS})
+    return ModelPlan(kind, options, network(model["net"]), tuple(net.items()))
 
 
 def build_model(config, spec: DataSpec) -> nn.Module:
-    """The model a config describes, for data described by ``spec``: kind(options, network(net config))."""
-    options = model_options(config.model)
-    spec = model_spec(options, spec)
-    denoiser = network(config.model["net"]).build(net_config(config.model, config.net, spec))
-    return model_kind(config.model["kind"]).build(options, denoiser, spec)
+    """The model a config describes (its plan, resolved once per config: ``config.plan()``), for data described by
+    ``spec``."""
+    return config.plan().build(spec)
 
 
 def count_parameters(config, spec: DataSpec) -> int:
     """The parameter count of the model a config describes, built on the meta device (no memory, no data)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_model(config, spec).parameters())
+    return config.plan().parameter_count(spec)

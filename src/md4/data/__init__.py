@@ -1,7 +1,7 @@
 """Data: codecs and tokenizers, corpus and image recipes cached as memory-mapped token arrays, and datasets that
 batch them."""
 
-from md4.data.batches import ArrayDataset, Batch, Dataset, TokenStream, eval_chunks, random_windows
+from md4.data.batches import ArrayDataset, Batch, Dataset, TokenStream, eval_chunks, prepared_of, random_windows
 from md4.data.cache import DataError, cache_dir, token_dtype
 from md4.data.codec import Codec, RawCodec, codec_from_dict
 from md4.data.images import ImageCodec, ImageDataset, PreparedImages
@@ -48,6 +48,7 @@ __all__ = [
     "load_cached",
     "open_dataset",
     "prepare",
+    "prepared_of",
     "random_windows",
     "recipe_descriptions",
     "recipe_image_shape",

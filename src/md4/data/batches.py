@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -11,6 +11,9 @@ import torch
 from md4.data.cache import DataError
 from md4.data.codec import Codec
 from md4.data.store import PreparedData
+
+if TYPE_CHECKING:
+    from md4.data.images import PreparedImages
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 """Tokens int64 [B, *data_shape] and their class labels int64 [B], or None for unlabelled data."""
@@ -24,7 +27,8 @@ class Dataset(Protocol):
     resumes the same stream; ``eval_batches`` yields a split's examples in a fixed order.
     ``part`` (distributed training) keeps only those rows of the batch: the draws for the whole batch are
     still made, so the generator's stream and the union of every process's part do not depend on how many
-    processes share the batch.
+    processes share the batch. A dataset read from md4's cache may also declare ``prepared`` (see
+    :func:`prepared_of`), so that runs record its fingerprint and check its splits' checksums.
     """
 
     codec: Codec
@@ -39,6 +43,12 @@ class Dataset(Protocol):
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
         """Consecutive batches of up to ``batch_size`` examples of ``split``, at most ``max_batches`` of them."""
         ...
+
+
+def prepared_of(dataset: Dataset) -> PreparedData | PreparedImages | None:
+    """The prepared data in md4's cache that a dataset reads (its checksums and fingerprint), or None: in-memory
+    data, or a dataset of the user's own that does not declare a ``prepared`` field (the field is optional)."""
+    return getattr(dataset, "prepared", None)  # the dataset contract's one look at an optional field
 
 
 def _check(tokens: np.ndarray, seq_len: int, batch_size: int) -> None:

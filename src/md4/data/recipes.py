@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from md4.data import hub, image_sources, shakespeare, text8, textfile, wikisample
+from md4.data import hub, image_folders, image_sources, shakespeare, text8, textfile, wikisample
 from md4.data.batches import Dataset, TokenStream
 from md4.data.cache import DataError, cache_lock, no_space_error, source_stamp
 from md4.data.cache import cache_dir as default_cache_dir
@@ -111,10 +111,10 @@ def _parse_folder_name(name: str) -> tuple[Path, tuple[int, int] | None]:
     return Path(folder).expanduser(), size
 
 
-def _folder_spec(folder: Path, size: tuple[int, int] | None) -> tuple[tuple[int, int, int], image_sources.FolderScan]:
+def _folder_spec(folder: Path, size: tuple[int, int] | None) -> tuple[tuple[int, int, int], image_folders.FolderScan]:
     """The (H, W, C) a folder of images is prepared at, and its scan: ``size``, else the images' own size when they
     all share one, else ``DEFAULT_IMAGE_SIZE``; an error beyond md4's limit on the sub-pixels of an image."""
-    scan = image_sources.scan_folder(folder)
+    scan = image_folders.scan_folder(folder)
     own = set(scan.sizes)
     height, width = size or (own.pop() if len(own) == 1 else DEFAULT_IMAGE_SIZE)
     tokens = height * width * scan.channels
@@ -131,7 +131,7 @@ def _is_image_folder(path: Path) -> bool:
     return (
         path.is_dir()
         and not textfile.has_text_files(path)
-        and image_sources.has_images(path)
+        and image_folders.has_images(path)
         and not image_sources.is_cifar10_path(path)
         and not image_sources.is_imagenet64_path(path)
     )
@@ -196,7 +196,7 @@ def recipe_num_classes(name: str) -> int | None:
     name = canonical_name(name)
     kind = _image_kind(name)
     if kind == "images":
-        classes = image_sources.scan_folder(_parse_folder_name(name)[0]).classes
+        classes = image_folders.scan_folder(_parse_folder_name(name)[0]).classes
         return None if classes is None else len(classes)
     return _IMAGE_SPECS[kind].num_classes if kind in _IMAGE_SPECS else None
 
@@ -261,7 +261,7 @@ def _image_recipe(name: str, kind: str, levels: int, cache: Path) -> ImageRecipe
         folder, size = _parse_folder_name(name)
         (height, width, _), scan = _folder_spec(folder, size)
         key = f"images-{folder.name}-{height}x{width}-{scan.stamp}-L{levels}"
-        return ImageRecipe(name, key, lambda: image_sources.folder(folder, (height, width)), levels, tuple(scan.files))
+        return ImageRecipe(name, key, lambda: image_folders.folder(folder, (height, width)), levels, tuple(scan.files))
     if kind == "cifar10" and path.is_absolute():
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*.bin") if p.is_file())
         key = f"cifar10-{source_stamp(files)}-L{levels}"

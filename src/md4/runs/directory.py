@@ -31,6 +31,7 @@ from md4.data import (
     codec_from_dict,
     dataset_of,
     load_cached,
+    prepared_of,
 )
 from md4.device import resolve_device
 from md4.files import link_leaving, write_atomic
@@ -139,7 +140,7 @@ class LoadedRun:
 def data_source(dataset) -> dict[str, Any] | None:
     """Where a dataset's examples came from: its canonical name, cache key and content fingerprint (prepared
     corpora), or None for in-memory data."""
-    prepared = getattr(dataset, "prepared", None)
+    prepared = prepared_of(dataset)
     if prepared is None:
         return None
     return {"name": prepared.name, "key": prepared.key, "fingerprint": prepared.fingerprint}
@@ -283,8 +284,7 @@ def check_weights_fit(config: Config, spec: DataSpec, weights: Path) -> None:
     """Refuse a checkpoint whose tensors (read from the safetensors header alone) are not those of the model the
     config and spec describe, before that model is built: a crafted or edited ``config.json`` then allocates
     nothing."""
-    with torch.device("meta"):
-        expected = {name: tuple(value.shape) for name, value in build_model(config, spec).state_dict().items()}
+    expected = config.plan().weight_shapes(spec)
     found = weight_shapes(weights)
     if found != expected:
         name = next(iter(sorted(set(found) ^ set(expected))), None) or next(
