@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -11,9 +11,6 @@ import torch
 from md4.data.cache import DataError
 from md4.data.codec import Codec
 from md4.data.store import PreparedData
-
-if TYPE_CHECKING:
-    from md4.data.images import PreparedImages
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 """Tokens int64 [B, *data_shape] and their class labels int64 [B], or None for unlabelled data."""
@@ -45,7 +42,18 @@ class Dataset(Protocol):
         ...
 
 
-def prepared_of(dataset: Dataset) -> PreparedData | PreparedImages | None:
+class Prepared(Protocol):
+    """Data prepared in md4's cache (text: ``PreparedData``; images: ``PreparedImages``): its canonical name, cache
+    key and content fingerprint, and a check of a split against its checksum."""
+
+    name: str
+    key: str
+    fingerprint: str
+
+    def verify(self, split: str) -> None: ...  # pragma: no cover
+
+
+def prepared_of(dataset: Dataset) -> Prepared | None:
     """The prepared data in md4's cache that a dataset reads (its checksums and fingerprint), or None: in-memory
     data, or a dataset of the user's own that does not declare a ``prepared`` field (the field is optional)."""
     return getattr(dataset, "prepared", None)  # the dataset contract's one look at an optional field

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from md4.data.cache import DataError
 from md4.files import write_atomic
@@ -21,7 +22,7 @@ SAMPLE_SEPARATOR = "\n\n----------\n\n"
 
 def as_ids(ids: Any, vocab_size: int) -> np.ndarray:
     """A list, numpy array or torch tensor of ids as an int64 array, checked to lie in ``[0, vocab_size)``."""
-    if hasattr(ids, "detach"):
+    if isinstance(ids, torch.Tensor):
         ids = ids.detach().cpu().numpy()
     arr = np.asarray(ids, dtype=np.int64)
     bad = (arr < 0) | (arr >= vocab_size)
