@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from md4.nn.contract import DenoiserCapabilities
+
 
 class OracleDenoiser:
     """Returns log p(x_n = k | unmasked tokens of z) by enumerating a probability table.
@@ -14,7 +16,7 @@ class OracleDenoiser:
     It ignores t (the optimal denoiser is time-independent), so it declares ``time_independent``.
     """
 
-    time_independent = True
+    capabilities = DenoiserCapabilities(time_independent=True)
 
     def __init__(self, vocab_size: int = 3, length: int = 4, concentration: float = 0.3, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -76,7 +78,7 @@ class StateDependentOracle(OracleDenoiser):
     optimal denoiser depends on t, unlike MD4's.
     """
 
-    time_independent = False
+    capabilities = DenoiserCapabilities(time_independent=False)
 
     def __init__(self, exponents, **kwargs):
         super().__init__(**kwargs)

@@ -13,7 +13,9 @@ from oracle import StateDependentOracle
 
 from md4 import MD4, get_schedule, sample
 from md4.core.genmd4 import GenMD4, GenMD4Options
-from md4.core.schedules import TokenPolynomialSchedule
+from md4.core.kind_contract import CONTINUOUS
+from md4.core.token_schedule import TokenPolynomialSchedule
+from md4.nn.contract import DenoiserCapabilities
 
 V, D = 3, 3
 
@@ -21,7 +23,7 @@ V, D = 3, 3
 class FixedDenoiser:
     """Arbitrary logits that depend on the whole of z (a fixed random map of its one-hot), in float64."""
 
-    time_independent = True
+    capabilities = DenoiserCapabilities(time_independent=True)
 
     def __init__(self, seed: int = 0, scale: float = 2.0):
         g = torch.Generator().manual_seed(seed)
@@ -189,7 +191,10 @@ def test_the_schedule_is_learned_saved_and_averaged_like_a_weight():
     loss.backward()
     assert model.schedule.theta.grad is not None and model.schedule.theta.grad.abs().sum() > 0
     assert set(metrics) >= {"loss", "nelbo", "bits_per_token", "surrogate", "w_min", "w_mean", "w_max"}
-    assert float(metrics["w_min"]) == pytest.approx(1.0) and model.schedule_lr == 0.5
+    assert float(metrics["w_min"]) == pytest.approx(1.0)
+    [(parameters, lr)] = model.own_learning_rates()
+    assert parameters == [model.schedule.theta] and lr == 0.5
+    assert GenMD4(FixedDenoiser(), V).own_learning_rates() == []
 
 
 @pytest.mark.parametrize(
@@ -220,7 +225,7 @@ def test_large_initial_exponents_are_exact():
 
 def test_no_discrete_bound_and_a_clear_refusal():
     model = GenMD4(FixedDenoiser(), V)
-    assert not model.discrete_bound
+    assert model.kind == "genmd4" and model.bounds == (CONTINUOUS,)
     with pytest.raises(ValueError, match="only a continuous-time bound"):
         model.nelbo(torch.zeros(2, D, dtype=torch.long), num_steps=10)
 

@@ -67,7 +67,7 @@ def test_output_shape_and_dtype(net, make, shape, v):
     z, t = inputs(shape=shape, v=v)
     out = model(z, t)
     assert out.shape == (3, *shape, v) and out.dtype == torch.float32
-    assert torch.isfinite(out).all() and not model.time_independent
+    assert torch.isfinite(out).all() and not model.capabilities.time_independent
 
 
 @pytest.mark.parametrize("net,make", NETS, ids=IDS)

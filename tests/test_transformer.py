@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from md4.nn import Transformer, TransformerConfig
+from md4.nn.contract import DenoiserCapabilities
 from md4.nn.transformer import ChannelDropout, apply_rope, rope_angles, timestep_embedding
 
 V = 11
@@ -81,7 +82,8 @@ def test_adaln_zero_starts_uniform_then_learns():
 
 def test_time_independent_ignores_t():
     model = randomize(Transformer(tiny(time_conditioning="none")))
-    assert model.time_independent
+    assert model.capabilities == DenoiserCapabilities(select=True, time_independent=True, checkpointing=True)
+    assert not Transformer.capabilities.time_independent  # declared per instance, from the config
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
     z, t = inputs()
     torch.testing.assert_close(model(z, t), model(z, 1 - t), rtol=0, atol=0)
@@ -89,7 +91,7 @@ def test_time_independent_ignores_t():
 
 def test_adaln_zero_depends_on_t():
     model = randomize(Transformer(tiny()))
-    assert not model.time_independent
+    assert not model.capabilities.time_independent
     z, t = inputs()
     assert not torch.allclose(model(z, t), model(z, 1 - t))
 
@@ -139,7 +141,7 @@ def test_class_conditioning():
 
 def test_class_only_conditioning_is_time_independent_adaln():
     model = randomize(Transformer(tiny(num_classes=4, time_conditioning="none")))
-    assert model.time_independent
+    assert model.capabilities.time_independent
     assert any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
     z, t = inputs()
     y = torch.tensor([0, 1, 2])

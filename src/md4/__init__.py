@@ -16,9 +16,9 @@ from md4.core.schedules import (
     LinearSchedule,
     MaskingSchedule,
     PolynomialSchedule,
-    TokenPolynomialSchedule,
     get_schedule,
 )
+from md4.core.token_schedule import TokenPolynomialSchedule
 from md4.core.units import bits_per_token, perplexity
 from md4.generation.text import Generation, generate, infill_template
 from md4.models import MODEL_KINDS, NETWORKS, DataSpec, build_model, count_parameters

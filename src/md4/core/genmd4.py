@@ -1,7 +1,7 @@
 """GenMD4: masked diffusion with a learned per-token schedule (the paper's GenMD4), a sibling of :class:`md4.MD4`.
 
 Each token value v has its own schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} with w = softplus(theta) learned
-with the network (:class:`md4.core.schedules.TokenPolynomialSchedule`). The continuous-time NELBO over t in [t1, 1]
+with the network (:class:`md4.core.token_schedule.TokenPolynomialSchedule`). The continuous-time NELBO over t in [t1, 1]
 is, per sequence,
 
     int_{t1}^1 sum_v (-w_v / t) E_q [ sum_{masked n} g_n[v] ] dt + reconstruction at t1,
@@ -21,10 +21,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from md4.core.kind_contract import CONTINUOUS
 from md4.core.masked import ConditioningOptions, Denoiser, MaskedDiffusion
 from md4.core.noise import BatchShard, antithetic_times, uniform_rows
-from md4.core.schedules import DEFAULT_EPS, TokenPolynomialSchedule
+from md4.core.schedules import DEFAULT_EPS, check_eps
+from md4.core.token_schedule import TokenPolynomialSchedule, check_w_init
 from md4.core.units import bits_per_token
 
 
@@ -40,7 +43,8 @@ class GenMD4Options(ConditioningOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_t1(self.t1)
-        TokenPolynomialSchedule(2, self.w_init, self.eps)  # checks w_init and eps
+        check_w_init(self.w_init)
+        check_eps(self.eps)
         if self.theta_lr is not None and not (math.isfinite(self.theta_lr) and self.theta_lr > 0):
             raise ValueError(f"theta_lr must be a positive finite number (or None for train.lr), got {self.theta_lr}.")
 
@@ -62,6 +66,9 @@ class GenMD4(MaskedDiffusion):
         num_classes, label_dropout: class conditioning (see :class:`md4.core.masked.MaskedDiffusion`).
     """
 
+    kind = "genmd4"
+    bounds = (CONTINUOUS,)
+
     def __init__(
         self,
         denoiser: Denoiser,
@@ -77,7 +84,8 @@ class GenMD4(MaskedDiffusion):
         schedule = TokenPolynomialSchedule(vocab_size, w_init, eps)
         super().__init__(denoiser, vocab_size, schedule, data_shape, num_classes, label_dropout)
         self.t1 = check_t1(t1)
-        self.schedule_lr = theta_lr
+        self.theta_lr = theta_lr
+        self.schedule_lr = theta_lr  # read by md4.training.trainer until it asks own_learning_rates()
 
     @classmethod
     def build(cls, options: GenMD4Options, denoiser: Denoiser, spec) -> GenMD4:
@@ -93,6 +101,16 @@ class GenMD4(MaskedDiffusion):
             spec.num_classes,
             options.label_dropout,
         )
+
+    def own_learning_rates(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The schedule's parameters at ``theta_lr``, when it is set."""
+        return [] if self.theta_lr is None else [(list(self.schedule.parameters()), self.theta_lr)]
+
+    @classmethod
+    def check_bound(cls, num_steps: int | None) -> None:
+        """Refuse the discrete-time bound, in GenMD4's own words."""
+        if num_steps is not None:
+            raise ValueError("GenMD4 has only a continuous-time bound; leave num_steps out.")
 
     # ------------------------------------------------------------- forward q
     def times(
@@ -161,8 +179,7 @@ class GenMD4(MaskedDiffusion):
         shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """One Monte-Carlo draw of the continuous-time NELBO in nats per sequence [B] (no discrete-time bound)."""
-        if num_steps is not None:
-            raise ValueError("GenMD4 has only a continuous-time bound; leave num_steps out.")
+        self.check_bound(num_steps)
         self._check_input(x)
         t = self.times(x.shape[0], x.device, generator, shard)
         z = self.forward_sample(x, t, generator, shard)

@@ -3,7 +3,8 @@ log-probabilities, and class conditioning with label dropout for classifier-free
 
 The denoiser is any callable ``denoiser(z_t, t[, labels=...]) -> logits`` with ``z_t`` a LongTensor [B, *shape] of
 ids in 0..V (V = mask id), ``t`` a float tensor [B] and logits [B, *shape, V] over the V real tokens
-(:mod:`md4.nn.contract`). Everything inside is in nats per sequence.
+(:mod:`md4.nn.contract`), which declares what else it can do in its ``capabilities``. Everything inside is in nats
+per sequence.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from md4.core.kind_contract import ModelKindContract
 from md4.core.noise import BatchShard, uniform_rows
+from md4.core.schedule_contract import Schedule
 from md4.core.tokens import check_tokens
+from md4.nn.contract import capabilities_of
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -33,20 +37,20 @@ class ConditioningOptions:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
 
 
-class MaskedDiffusion(nn.Module):
+class MaskedDiffusion(nn.Module, ModelKindContract):
     """What every masked-diffusion kind shares: a denoiser, V real tokens and the mask id V, a schedule module,
     the data shape, the shape-checked call of the denoiser that the losses and the samplers use, and class
     conditioning: ``num_classes`` classes (None: unconditional) plus the "no label" id ``num_classes``, which
     training puts in place of a label with probability ``label_dropout`` so that sampling can guide
-    (classifier-free guidance)."""
+    (classifier-free guidance). A kind declares its name, bounds and samplers (:class:`ModelKindContract`)."""
 
-    discrete_bound = False  # whether nelbo(x, num_steps=T) gives a discrete-time bound
+    discrete_bound = False  # read by md4.cli until it asks ``bounds``
 
     def __init__(
         self,
         denoiser: Denoiser,
         vocab_size: int,
-        schedule: nn.Module,
+        schedule: Schedule,
         data_shape=None,
         num_classes: int | None = None,
         label_dropout: float = 0.0,
@@ -77,11 +81,6 @@ class MaskedDiffusion(nn.Module):
     @property
     def mask_id(self) -> int:
         return self.vocab_size
-
-    @property
-    def time_independent(self) -> bool:
-        """True when the denoiser ignores t (samplers may then cache its output)."""
-        return bool(getattr(self.denoiser, "time_independent", False))
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_tokens(x, self.vocab_size)
@@ -117,12 +116,12 @@ class MaskedDiffusion(nn.Module):
         """``(masked [B, *shape], log mu [M, V])``: log mu_theta(z_t, t) in float32 at the M masked positions
         only, in row-major order, which is all the NELBO needs (unmasked positions carry no loss, Eq. 4).
 
-        A denoiser with ``accepts_select`` computes its output layer at those positions alone (for a large
+        A denoiser that declares ``select`` computes its output layer at those positions alone (for a large
         vocabulary most of a step's logits work); any other has its full logits indexed. Either way only the
         masked share is upcast to float32 and normalised.
         """
         masked = z == self.mask_id
-        if getattr(self.denoiser, "accepts_select", False):
+        if capabilities_of(self.denoiser).select:
             logits = self.denoiser(z, t, labels=labels, select=masked)
         else:
             logits = self.logits(z, t, labels)[masked]

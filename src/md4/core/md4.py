@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from md4.core.kind_contract import CONTINUOUS, DISCRETE
 from md4.core.masked import ConditioningOptions, Denoiser, MaskedDiffusion
 from md4.core.noise import BatchShard, antithetic_times, uniform_rows
-from md4.core.schedules import DEFAULT_EPS, MaskingSchedule, get_schedule
+from md4.core.schedule_contract import Schedule
+from md4.core.schedules import DEFAULT_EPS, MaskingSchedule, check_eps, get_schedule, log_snr, parse_schedule
 from md4.core.units import bits_per_token
 
 
@@ -26,7 +28,15 @@ class MD4Options(ConditioningOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        get_schedule(self.schedule, self.eps)  # an unknown name or a bad eps fails here, before any data is read
+        # An unknown name or a bad eps fails here, before any data is read; the parsed family (not a dataclass
+        # field) builds the schedule in MD4.build.
+        self._family = parse_schedule(self.schedule)
+        check_eps(self.eps)
+
+    def build_schedule(self) -> MaskingSchedule:
+        """The schedule these options name."""
+        family, arguments = self._family
+        return family(**arguments, eps=self.eps)
 
 
 class MD4(MaskedDiffusion):
@@ -35,27 +45,30 @@ class MD4(MaskedDiffusion):
     Args:
         denoiser: callable following the contract in the module docstring.
         vocab_size: V, the number of real tokens; the mask id is V.
-        schedule: a :class:`MaskingSchedule` module (owned by the model from here on) or the name of one
-            (``linear``, ``cosine``, ``polyK``, ``geometric``), built with ``eps``.
+        schedule: a :class:`md4.core.schedule_contract.Schedule` shared by every token, e.g. a
+            :class:`MaskingSchedule` (owned by the model from here on), or the name of one (``linear``, ``cosine``,
+            ``polyK``, ``geometric``), built with ``eps``.
         eps: the clamp of a schedule given by name (default 1e-4, the release's); a schedule module has its own.
         data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input and used
             by :func:`md4.sample` as the default sample shape.
         num_classes, label_dropout: class conditioning (see :class:`MaskedDiffusion`).
     """
 
-    discrete_bound = True
+    kind = "md4"
+    bounds = (CONTINUOUS, DISCRETE)
+    discrete_bound = True  # read by md4.cli until it asks ``bounds``
 
     def __init__(
         self,
         denoiser: Denoiser,
         vocab_size: int,
-        schedule: str | MaskingSchedule = "linear",
+        schedule: str | Schedule = "linear",
         eps: float | None = None,
         data_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
         label_dropout: float = 0.0,
     ):
-        if isinstance(schedule, MaskingSchedule):
+        if isinstance(schedule, Schedule):
             if eps is not None:
                 raise ValueError("eps belongs to the schedule; pass it when building the schedule, not to MD4.")
         else:
@@ -71,8 +84,8 @@ class MD4(MaskedDiffusion):
         return cls(
             denoiser,
             spec.vocab_size,
-            options.schedule,
-            options.eps,
+            options.build_schedule(),
+            None,
             spec.data_shape,
             spec.num_classes,
             options.label_dropout,
@@ -136,7 +149,8 @@ class MD4(MaskedDiffusion):
         u = antithetic_times(x.shape[0], x.device, generator)
         step = torch.clamp(torch.floor(u * num_steps), max=num_steps - 1) + 1  # i in 1..T
         t, s = (step / num_steps).double(), ((step - 1) / num_steps).double()
-        weight = -torch.expm1(self.schedule.log_snr(t) - self.schedule.log_snr(s)) * self.schedule.alpha(s)
+        alpha_t, alpha_s = self.schedule.alpha(t), self.schedule.alpha(s)
+        weight = -torch.expm1(log_snr(alpha_t) - log_snr(alpha_s)) * alpha_s
         z = self.forward_sample(x, t.float(), generator)
         return -num_steps * weight.float() * self._masked_log_likelihood(x, z, t.float(), labels)
 
@@ -163,6 +177,7 @@ class MD4(MaskedDiffusion):
         Both add the reconstruction term; the prior term at t = 1 is negligible (alpha(1) = eps) and omitted,
         as in the release.
         """
+        self.check_bound(num_steps)
         if num_steps is None:
             diffusion = self.continuous_loss(x, labels=labels, generator=generator, shard=shard)
         else:

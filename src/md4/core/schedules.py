@@ -1,4 +1,4 @@
-"""Masking schedules alpha(t) for absorbing diffusion (MD4 paper, Sec. 2 and Table 4).
+"""Masking schedules shared by every token (MD4 paper, Sec. 2 and Table 4).
 
 A schedule gives the probability alpha(t) that a token is still unmasked at time
 t in [0, 1]; it decreases from ~1 at t = 0 to ~0 at t = 1. As in the authors'
@@ -11,20 +11,20 @@ Only the weight w(t) = alpha'(t) / (1 - alpha(t)) (<= 0) enters the
 continuous-time loss (paper Eq. 4), and in continuous time the bound does not
 depend on the schedule except through alpha(0) and alpha(1).
 
-A schedule is an ``nn.Module`` owned by its model, so a learnable schedule's parameters live in
-the state dict, the optimizer and the EMA like any weight. ``alpha(t)`` has the shape of ``t`` for
-the schedules here, which every token shares; a per-token schedule (GenMD4, the paper's state-dependent schedule) sets
-``per_token = True`` and returns a trailing vocabulary axis ``[..., V]``.
+Each schedule here is a :class:`md4.core.schedule_contract.Schedule` with ``alpha(t)`` shaped like ``t``; GenMD4's
+per-token schedule is :class:`md4.core.token_schedule.TokenPolynomialSchedule`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
+
+from md4.core.schedule_contract import Schedule
 
 DEFAULT_EPS = 1e-4
 _POLY_T_FLOOR = 1e-12
@@ -40,11 +40,15 @@ def check_eps(eps: float) -> float:
     return float(eps)
 
 
-class MaskingSchedule(nn.Module, ABC):
-    """alpha(t) = (1 - 2 eps) alpha~(t) + eps for a family alpha~ given by subclasses."""
+def log_snr(alpha: torch.Tensor) -> torch.Tensor:
+    """g = log(alpha / (1 - alpha)) of a schedule's alpha."""
+    return torch.log(alpha) - torch.log1p(-alpha)
 
-    name: str
-    per_token: bool = False  # True when alpha(t) has a trailing vocabulary axis [..., V]
+
+class MaskingSchedule(Schedule):
+    """alpha(t) = (1 - 2 eps) alpha~(t) + eps for a family alpha~ given by subclasses, shared by every token."""
+
+    per_token: ClassVar[bool] = False
 
     def __init__(self, eps: float = DEFAULT_EPS):
         super().__init__()
@@ -70,10 +74,33 @@ class MaskingSchedule(nn.Module, ABC):
         """Loss weight w(t) = alpha'(t) / (1 - alpha(t)) of paper Eq. 4 (<= 0, finite for eps > 0)."""
         return self.dalpha(t) / (1.0 - self.alpha(t))
 
+    def hazard_bound(self, t: torch.Tensor) -> torch.Tensor:
+        """The hazard itself: every token unmasks at the same rate."""
+        return self.hazard(t)
+
+    def inverse_alpha(self, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+        """t with alpha(t) = target, by bisection in float64 (alpha is decreasing on [0, 1])."""
+        lo = torch.zeros_like(target, dtype=torch.float64)
+        hi = torch.ones_like(target, dtype=torch.float64)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            above = self.alpha(mid) > target
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def candidate_time(self, t: torch.Tensor, count: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The latest of ``count`` unmasking times, each with P(tau <= s | tau <= t) = (1 - alpha_s) / (1 - alpha_t):
+        the solution of 1 - alpha_s = (1 - alpha_t) u^(1/count) (first-hitting sampling), at most t."""
+        one_minus = (1.0 - self.alpha(t)) * u ** (1.0 / count.clamp_min(1).double())
+        return torch.minimum(self.inverse_alpha(1.0 - one_minus), t)
+
+    def time_of_masked_fraction(self, fraction: torch.Tensor) -> torch.Tensor:
+        """The t with 1 - alpha(t) = fraction (t = 1 beyond alpha's range)."""
+        return self.inverse_alpha(1.0 - fraction)
+
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """g(t) = log(alpha / (1 - alpha)), used for the discrete-time weights (paper Eq. 3)."""
-        a = self.alpha(t)
-        return torch.log(a) - torch.log1p(-a)
+        return log_snr(self.alpha(t))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, eps={self.eps}"
@@ -148,54 +175,18 @@ _POLY = re.compile(r"^poly(\d+(?:\.\d*)?|\.\d+)$")
 SCHEDULE_NAMES = ("linear", "cosine", "geometric", "polyK (any real K > 0, e.g. poly2 or poly0.5)")
 
 
-def get_schedule(name: str, eps: float = DEFAULT_EPS) -> MaskingSchedule:
-    """Build a schedule by name: ``linear``, ``cosine``, ``geometric`` or ``polyK``."""
+def parse_schedule(name: str) -> tuple[type[MaskingSchedule], dict[str, Any]]:
+    """The family and its arguments (but eps) that a schedule name stands for: ``linear``, ``cosine``,
+    ``geometric`` or ``polyK``."""
     if name in _FIXED:
-        return _FIXED[name](eps=eps)
+        return _FIXED[name], {}
     match = _POLY.match(str(name))
     if match and float(match.group(1)) > 0:
-        return PolynomialSchedule(float(match.group(1)), eps=eps)
+        return PolynomialSchedule, {"power": float(match.group(1))}
     raise ValueError(f"Unknown masking schedule {name!r}; valid names are: {', '.join(SCHEDULE_NAMES)}.")
 
 
-MAX_W_INIT = 1000.0  # the largest initial GenMD4 exponent: 0.99^1000 < 1e-4
-
-
-class TokenPolynomialSchedule(nn.Module):
-    """GenMD4's learnable per-token schedule alpha_v(t) = 1 - (1 - eps) t^{w_v} (GenMD4), w = softplus(theta).
-
-    ``alpha(t)`` returns ``[*t.shape, V]``. There is no eps offset at t = 0 (alpha_v(0) = 1); GenMD4 instead
-    integrates over t in [t1, 1] and adds a reconstruction term at t1. The loss weight is
-    alpha'_v / (1 - alpha_v) = -w_v / t, and going back from t to s < t a masked token of value v stays masked
-    with probability (s / t)^{w_v}.
-    """
-
-    per_token = True
-    name = "per-token polynomial"
-
-    def __init__(self, vocab_size: int, w_init: float = 1.0, eps: float = DEFAULT_EPS):
-        super().__init__()
-        if not 0 < w_init <= MAX_W_INIT:  # also NaN
-            raise ValueError(
-                f"The initial exponent w must be in (0, {MAX_W_INIT:g}] (w = 1 is the linear schedule; at w = "
-                f"{MAX_W_INIT:g} almost no token is masked before t = 0.99), got {w_init}."
-            )
-        self.eps = check_eps(eps)
-        theta = w_init + math.log(-math.expm1(-w_init))  # softplus^-1(w) = log(e^w - 1), without overflow
-        self.theta = nn.Parameter(torch.full((int(vocab_size),), theta))
-
-    @property
-    def exponents(self) -> torch.Tensor:
-        """w = softplus(theta) > 0, one exponent per token value [V]."""
-        return torch.nn.functional.softplus(self.theta)
-
-    def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        """alpha_v(t) = 1 - (1 - eps) t^{w_v}, shape ``[*t.shape, V]`` (computed in t's dtype)."""
-        return 1.0 - (1.0 - self.eps) * t[..., None] ** self.exponents.to(t.dtype)
-
-    def weight(self, t: torch.Tensor) -> torch.Tensor:
-        """alpha'_v(t) / (1 - alpha_v(t)) = -w_v / t, shape ``[*t.shape, V]``."""
-        return -self.exponents.to(t.dtype) / t[..., None]
-
-    def extra_repr(self) -> str:
-        return f"vocab_size={self.theta.numel()}, eps={self.eps}"
+def get_schedule(name: str, eps: float = DEFAULT_EPS) -> MaskingSchedule:
+    """Build a schedule by name: ``linear``, ``cosine``, ``geometric`` or ``polyK``."""
+    family, arguments = parse_schedule(name)
+    return family(**arguments, eps=eps)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from md4.core.token_schedule import TokenPolynomialSchedule
 from md4.files import atomic_output
 
 MAX_LABELLED = 40  # larger vocabularies show their lowest and highest tokens only
@@ -25,20 +26,29 @@ def token_label(codec, v: int) -> str:
     return visible if visible.isprintable() and visible else repr(text)
 
 
+def learned_schedule(model) -> TokenPolynomialSchedule:
+    """The model's per-token schedule; a shared one is refused in one sentence."""
+    schedule = model.schedule
+    if not schedule.per_token:
+        raise ValueError(
+            f"This model's schedule ({schedule.name}) is shared by every token, so there is no learned "
+            "per-token schedule to show; inspect a GenMD4 run (model.kind=genmd4)."
+        )
+    if not isinstance(schedule, TokenPolynomialSchedule):
+        raise ValueError(f"Only GenMD4's per-token polynomial schedule can be shown, not {schedule.name}.")
+    return schedule
+
+
 def ranked_exponents(model, codec) -> list[tuple[float, str]]:
     """(w_v, label) for every token, smallest w first."""
-    w = model.schedule.exponents.detach().cpu().double()
+    w = learned_schedule(model).exponents.detach().cpu().double()
     order = torch.argsort(w).tolist()
     return [(float(w[v]), token_label(codec, v)) for v in order]
 
 
 def plot_schedule(model, codec, path: Path, title: str = "") -> Path:
     """Write the PNG of a GenMD4 model's learned schedule to ``path`` and return it."""
-    if not getattr(model.schedule, "per_token", False) or not hasattr(model.schedule, "exponents"):
-        raise ValueError(
-            f"This model's schedule ({model.schedule.name}) is shared by every token, so there is no learned "
-            "per-token schedule to show; inspect a GenMD4 run (model.kind=genmd4)."
-        )
+    eps = learned_schedule(model).eps
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +68,6 @@ def plot_schedule(model, codec, path: Path, title: str = "") -> Path:
     bars.set_ylabel("w")
     bars.legend(loc="upper left")
     t = torch.linspace(0, 1, 201, dtype=torch.float64)
-    eps = model.schedule.eps
     for w, label in ranked[:EXTREMES] + ranked[-EXTREMES:]:
         curves.plot(t, 1 - (1 - eps) * t**w, label=f"{label!s} (w={w:.2f})")
     curves.plot(t, 1 - t, "k--", linewidth=1, label="linear")

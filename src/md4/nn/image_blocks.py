@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from md4.limits import check_layers
+from md4.nn.contract import DenoiserCapabilities
 from md4.nn.inputs import check_time_and_labels
 from md4.nn.transformer import TRUNCATED_NORMAL_STD, timestep_embedding
 
@@ -117,7 +118,7 @@ class ImageDenoiser(nn.Module):
     subclass's :meth:`backbone` output ``[B, C * V, H, W]`` as logits (channel ``c * V + v``, as the release).
     """
 
-    time_independent = False
+    capabilities = DenoiserCapabilities()  # the logits of every position, conditioned on t; no checkpointing
 
     def __init__(self, config: Any) -> None:
         super().__init__()

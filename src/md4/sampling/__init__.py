@@ -13,7 +13,7 @@ Unmasked positions never change. Each sampler name maps to one complete sampler 
 - ``top_p``: the ancestral step on the nucleus of mu (release default p = 0.98);
 - ``mean``: draw x0 ~ mu, then unmask it with the step's probability (paper App. G);
 - ``exact``: first-hitting sampling: draw each next unmasking time directly (one network call per token for
-  MD4; thinning for GenMD4's per-token rates), with no discretisation error;
+  MD4; thinning for a per-token schedule's rates, GenMD4's), with no discretisation error;
 - ``confident``: not the reverse process but MaskGIT's parallel decoding (Chang et al. 2022): each of ``steps``
   calls unmasks the masked positions where mu is most confident (approximate).
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from md4.core.kind_contract import ModelKindContract
 from md4.core.tokens import check_tokens
 from md4.sampling.confident import ConfidentSampler
 from md4.sampling.draws import categorical, nucleus, prefix_init, time_grid
@@ -75,10 +76,9 @@ def _resolve_generator(generator, seed, device):
     return generator
 
 
-def _model_device(model) -> torch.device:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
+def _model_device(model: Diffusion) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
             return p.device
     return torch.device("cpu")
 
@@ -105,7 +105,9 @@ def sample(
     """Run the reverse process of ``model`` from all-mask z_1 (or ``init``) to clean tokens.
 
     Args:
-        model: an :class:`md4.MD4` (its denoiser, schedule and vocabulary are used as trained).
+        model: an :class:`md4.MD4`, :class:`md4.GenMD4` or any :class:`Diffusion` (its denoiser, schedule and
+            vocabulary are used as trained); a model kind (:class:`ModelKindContract`) refuses a sampler that
+            does not apply to it.
         num_samples: how many samples; with ``shape`` (default ``model.data_shape``) it gives z_1's shape.
         steps: reverse steps T on the time grid (unused by ``exact``); network calls for ``confident``.
         sampler: a name in :data:`SAMPLERS`: ``ancestral``, ``top_p``, ``mean``, ``exact`` or ``confident``.
@@ -125,7 +127,8 @@ def sample(
     """
     options = SamplingOptions(steps=steps, grid=grid, top_p=top_p, categorical=categorical)
     chosen = get_sampler(sampler)
-    chosen.check(model.schedule)
+    if isinstance(model, ModelKindContract):
+        model.check_sampler(sampler)
     mask_id = int(model.vocab_size)
     shape = shape or model.data_shape
     if init is not None:
@@ -144,7 +147,7 @@ def sample(
         device = torch.device(device) if device is not None else _model_device(model)
         z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
     if labels is not None:
-        classes = getattr(model, "num_classes", None)
+        classes = model.num_classes
         if classes is None:
             raise ValueError("Labels were given but the model is not class-conditional; leave them out.")
         if labels.shape != (z.shape[0],) or int(labels.min()) < 0 or int(labels.max()) > classes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from md4.sampling.draws import categorical
-from md4.sampling.exact import inverse_alpha
 from md4.sampling.grid import Sampler
 
 
@@ -18,8 +17,8 @@ class ConfidentSampler(Sampler):
     min(steps, max m) calls. The positions are ranked before any token is drawn (ties to the first), so each
     token is a plain draw from mu at its position; but neither the order nor the joint unmasking of several
     positions from their separate marginals is the reverse process, so the samples are approximate even at one
-    token per call. The network sees the t at which 1 - alpha(t) is the row's masked fraction (the fraction
-    itself for a per-token schedule, which this sampler otherwise ignores).
+    token per call. The network sees the t at which the row's masked fraction is masked
+    (:meth:`md4.core.schedule_contract.Schedule.time_of_masked_fraction`); the schedule plays no other part.
     """
 
     description = "MaskGIT-style: each of --steps calls unmasks the most confident masked positions (approximate)"
@@ -35,7 +34,7 @@ class ConfidentSampler(Sampler):
         for i in range(calls):
             count = masked.sum(1)
             fraction = count.double() / z.shape[1]
-            t = fraction if schedule.per_token else inverse_alpha(schedule, 1.0 - fraction)
+            t = schedule.time_of_masked_fraction(fraction)
             probs = net(z.reshape(shape), t).reshape(batch, z.shape[1], -1)
             confidence = torch.where(masked, probs.amax(-1), -1.0)
             order = confidence.argsort(dim=1, descending=True, stable=True)

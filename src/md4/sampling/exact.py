@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import torch
 
+from md4.core.schedule_contract import Schedule
 from md4.sampling.draws import categorical
 from md4.sampling.grid import Sampler
 
 
-def inverse_alpha(schedule, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
-    """t with alpha(t) = target, by bisection in float64 (alpha is decreasing on [0, 1])."""
-    lo = torch.zeros_like(target, dtype=torch.float64)
-    hi = torch.ones_like(target, dtype=torch.float64)
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        above = schedule.alpha(mid) > target
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return 0.5 * (lo + hi)
-
-
-def next_unmask_time(schedule, t: torch.Tensor, num_masked: torch.Tensor, generator) -> torch.Tensor:
-    """When, going back from t, the first of ``num_masked`` masked positions unmasks.
-
-    Each masked position unmasks at an independent time tau with P(tau <= s | tau <= t) = (1 - alpha_s) / (1 - alpha_t),
-    so the latest of m of them solves 1 - alpha_s = (1 - alpha_t) u^(1/m), u ~ U(0, 1) (first-hitting sampling).
-    """
+def next_unmask_time(schedule: Schedule, t: torch.Tensor, num_masked: torch.Tensor, generator) -> torch.Tensor:
+    """When, going back from t, the next event among ``num_masked`` masked positions comes (for a shared schedule,
+    the first of them unmasks; for a per-token one, a candidate to thin): :meth:`Schedule.candidate_time` at a
+    fresh u ~ U(0, 1)."""
     u = torch.rand(t.shape, dtype=torch.float64, device=t.device, generator=generator)
-    one_minus = (1.0 - schedule.alpha(t)) * u ** (1.0 / num_masked.clamp_min(1).double())
-    return torch.minimum(inverse_alpha(schedule, 1.0 - one_minus), t)
+    return schedule.candidate_time(t, num_masked, u)
 
 
 class ExactSampler(Sampler):
@@ -37,30 +24,22 @@ class ExactSampler(Sampler):
     Shared schedule (MD4): every position unmasks at its own time whatever its value, so the next event time
     is drawn directly and a sequence with D masked positions takes exactly D network calls.
 
-    Per-token polynomial schedule (GenMD4): going back in time a masked position unmasks to v at rate
-    mu[v] w_v / t, so its rate depends on mu. Events are drawn by thinning: candidate times at the bounding rate
-    (number masked) * max(w) / t, each accepted with probability sum_n sum_v mu_n[v] w_v / (number masked *
-    max(w)) with mu evaluated at the candidate time; the position is then drawn with probability proportional
-    to sum_v mu_n[v] w_v and the value proportional to mu_n[v] w_v. This simulates the continuous-time reverse
+    Per-token schedule (GenMD4): going back in time a masked position unmasks to v at rate mu[v] h_v(t), so its
+    rate depends on mu. Events are drawn by thinning: candidate times at the bounding rate (number masked) *
+    hazard_bound(t), each accepted with probability sum_n sum_v mu_n[v] h_v(t) / (number masked * hazard_bound(t))
+    with mu evaluated at the candidate time; the position is then drawn with probability proportional to
+    sum_v mu_n[v] h_v(t) and the value proportional to mu_n[v] h_v(t). This simulates the continuous-time reverse
     process exactly, also for a time-dependent network; a rejected candidate costs a network call unless the
-    network ignores t. Other per-token schedules are not supported.
+    network ignores t.
     """
 
     description = "first-hitting: no time grid, no discretisation error (MD4: one network call per token)"
     uses_grid = False
 
-    def check(self, schedule) -> None:
-        if schedule.per_token and not hasattr(schedule, "exponents"):
-            raise ValueError(
-                f"The exact sampler supports shared schedules and GenMD4's per-token polynomial, not "
-                f"{schedule.name}; use the ancestral sampler."
-            )
-
     def run(self, net, schedule, z, mask_id, options, generator, observe):
         observe(z)
         if schedule.per_token:
-            w = schedule.exponents.detach().double()
-            return self._run_per_token(net, w, z, mask_id, options, generator, observe)
+            return self._thinned(net, schedule, z, mask_id, options, generator, observe)
         batch = z.shape[0]
         t = torch.ones(batch, dtype=torch.float64, device=z.device)
         while True:
@@ -78,9 +57,9 @@ class ExactSampler(Sampler):
             observe(z)
 
     @staticmethod
-    def _run_per_token(net, w, z, mask_id, options, generator, observe):
+    def _thinned(net, schedule: Schedule, z, mask_id, options, generator, observe):
+        """Thinning of the per-token reverse process: candidates at the bounding rate, accepted at the true one."""
         batch = z.shape[0]
-        w_max = float(w.max())
         t = torch.ones(batch, dtype=torch.float64, device=z.device)
         rows = torch.arange(batch, device=z.device)
         while True:
@@ -89,16 +68,17 @@ class ExactSampler(Sampler):
             if not bool(count.any()):
                 return z
             active = count > 0
-            u = torch.rand(batch, dtype=torch.float64, device=z.device, generator=generator)
-            t = torch.where(active, t * u ** (1.0 / (count.clamp_min(1) * w_max)), t)
+            t = torch.where(active, next_unmask_time(schedule, t, count, generator), t)
             probs = net(z, t).double()
             probs = probs.reshape(batch, -1, probs.shape[-1])
-            rates = (probs * w).sum(-1) * masked  # sum_v mu_n[v] w_v for each masked position
+            hazards = schedule.hazard(t).detach().double()  # h_v(t) [B, V]
+            rates = (probs * hazards[:, None, :]).sum(-1) * masked  # sum_v mu_n[v] h_v(t) at each masked position
+            bound = count.clamp_min(1) * schedule.hazard_bound(t).detach().double()
             keep = torch.rand(batch, dtype=torch.float64, device=z.device, generator=generator)
-            accepted = active & (keep * count.clamp_min(1) * w_max < rates.sum(1))
+            accepted = active & (keep * bound < rates.sum(1))
             if bool(accepted.any()):
                 choice = categorical(rates, generator, "float64")
-                token = categorical(probs[rows, choice] * w, generator, options.categorical)
+                token = categorical(probs[rows, choice] * hazards, generator, options.categorical)
                 z = _unmask(z, accepted, choice, token)
                 observe(z)
 

@@ -9,6 +9,7 @@ from functools import partial
 
 import torch
 
+from md4.core.schedule_contract import Schedule
 from md4.sampling.draws import categorical, time_grid
 from md4.sampling.network import Network
 from md4.sampling.options import SamplingOptions
@@ -43,12 +44,16 @@ class Sampler(ABC):
     description: str
     uses_grid: bool = True  # whether ``steps`` and ``grid`` matter
 
-    def check(self, schedule) -> None:
-        """Raise ValueError when this sampler cannot run with ``schedule``."""
-
     @abstractmethod
     def run(
-        self, net: Network, schedule, z: torch.Tensor, mask_id: int, options: SamplingOptions, generator, observe
+        self,
+        net: Network,
+        schedule: Schedule,
+        z: torch.Tensor,
+        mask_id: int,
+        options: SamplingOptions,
+        generator,
+        observe,
     ) -> torch.Tensor:
         """The final tokens (no mask id left); ``net`` counts the network calls; ``observe(z)`` sees every state."""
 

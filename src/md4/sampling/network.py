@@ -3,26 +3,28 @@ the network calls (NFE); and the snapshots of the reverse process."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
+from md4.core.schedule_contract import Schedule
+from md4.nn.contract import capabilities_of
 from md4.sampling.options import MAX_GUIDANCE
 
 
 class Diffusion(Protocol):
-    """What a sampler needs of a model (:class:`md4.MD4` is one)."""
+    """What a sampler needs of a model (:class:`md4.MD4` is one): its logits come from ``denoiser``, whose declared
+    capabilities (:mod:`md4.nn.contract`) say whether they depend on t."""
 
     vocab_size: int
-    schedule: torch.nn.Module
+    schedule: Schedule
     data_shape: tuple[int, ...] | None
-    time_independent: bool
+    num_classes: int | None
+    denoiser: Callable[..., torch.Tensor]
 
     def logits(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
-
 
 
 class Network:
@@ -44,12 +46,12 @@ class Network:
         if self.guidance == 0.0 and labels is None:  # ignoring labels that were never given: the model as it is
             self.guidance = 1.0
         if self.guidance != 1.0:
-            if labels is None or getattr(model, "num_classes", None) is None:
+            if labels is None or model.num_classes is None:
                 raise ValueError("Guidance needs a class-conditional model and labels; pass labels or guidance=1.")
             self.unlabelled = torch.full_like(labels, model.num_classes)
             if self.guidance == 0.0:  # exactly the unconditional model
                 self.labels, self.guidance = self.unlabelled, 1.0
-        self.reuse = bool(model.time_independent)
+        self.reuse = capabilities_of(model.denoiser).time_independent
         self.nfe = 0
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
