@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from md4.config import build_config
-from md4.training.trainer import build_trainer
+from md4.training import build_trainer
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from md4.evaluate import estimate_nelbo, held_out_batches
 from md4.generation.schedule_plot import plot_schedule, ranked_exponents
 from md4.generation.text import generate
 from md4.runs.directory import is_run, load_run, resume_config
-from md4.training.trainer import build_trainer
+from md4.training import build_trainer
 
 
 def run_one(out: Path, preset: str, seed: int, steps: int) -> dict:

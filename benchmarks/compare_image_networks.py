@@ -23,7 +23,7 @@ from md4.config import build_config
 from md4.evaluate import estimate_nelbo, held_out_batches
 from md4.models import count_parameters
 from md4.runs.directory import is_run, load_run
-from md4.training.trainer import build_trainer
+from md4.training import build_trainer
 
 CANDIDATES = {
     "unet-32x4": ["model.net=unet", "net.feature_dim=32", "net.n_layers=4", "net.dropout=0"],

@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from md4.config import build_config
-from md4.training.trainer import build_trainer
+from md4.training import build_trainer
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from md4.core.md4 import MD4
 from md4.core.noise import BatchShard
 from md4.data import ArrayDataset, TokenStream, prepare
 from md4.runs.checkpoints import list_checkpoints, load_checkpoint, read_checkpoint
-from md4.training.trainer import local_micro_batch
+from md4.training import local_micro_batch
 
 TINY = [
     "net.dim=32",

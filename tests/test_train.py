@@ -17,7 +17,7 @@ from md4.models import DataSpec, build_model
 from md4.runs.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from md4.runs.directory import RunError, load_run, resume_config
 from md4.sampling import sample
-from md4.training.trainer import EMA, Trainer, learning_rate, parameter_groups, train
+from md4.training import Trainer, train
 
 TINY = [
     "net.dim=32",
@@ -179,29 +179,6 @@ def test_new_run_refuses_to_overwrite_an_existing_one(corpus, tmp_path):
         train(tiny_config(corpus, "train.steps=3"), tmp_path / "run", progress=False)
 
 
-def test_learning_rate_warmup_then_cosine():
-    t = build_config(
-        "shakespeare-char", ["train.steps=110", "train.warmup_steps=10", "train.lr=1.0", "train.min_lr_ratio=0.1"]
-    ).train
-    assert learning_rate(0, t) == pytest.approx(0.1) and learning_rate(9, t) == pytest.approx(1.0)
-    assert learning_rate(10, t) == pytest.approx(1.0)
-    assert learning_rate(60, t) == pytest.approx(0.55)
-    assert learning_rate(110, t) == pytest.approx(0.1)
-    values = [learning_rate(s, t) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
-
-
-def test_ema_update_is_an_exponential_average():
-    module = torch.nn.Linear(3, 2, bias=False)
-    ema = EMA(module, decay=0.9)
-    start = module.weight.detach().clone()
-    with torch.no_grad():
-        module.weight.add_(1.0)
-    ema.update(module)
-    assert torch.allclose(ema.module.weight, start + 0.1)
-    assert not ema.module.weight.requires_grad
-
-
 def test_grad_accumulation_averages_micro_batches(corpus, tmp_path):
     """With grad_accum = 2 the step's batch of 4 is two micro-batches of 2, and the gradient is the mean of
     their gradients (not their sum)."""
@@ -233,14 +210,6 @@ def test_grad_accumulation_averages_micro_batches(corpus, tmp_path):
         if p.grad is not None and p.grad.abs().max() > 0:
             assert torch.allclose(seen[name], p.grad / 2, atol=1e-7, rtol=1e-5), name
             assert not torch.allclose(seen[name], p.grad, atol=1e-7, rtol=1e-5), name
-
-
-def test_weight_decay_scope_and_clipping_switch():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
-    every = parameter_groups(model, 0.1, "all", 1e-3)
-    assert len(every) == 1 and len(every[0]["params"]) == 4 and every[0]["weight_decay"] == 0.1
-    matrices, rest = parameter_groups(model, 0.1, "matrices", 1e-3)
-    assert [p.dim() for p in matrices["params"]] == [2] and rest["weight_decay"] == 0.0 and len(rest["params"]) == 3
 
 
 def test_labelled_data_of_any_shape_trains_evaluates_and_reloads(tmp_path):

@@ -34,7 +34,7 @@ from md4.data import ArrayDataset, RawCodec
 from md4.device import resolve_device
 from md4.models import DataSpec, build_model
 from md4.sampling import sample
-from md4.training.trainer import Trainer
+from md4.training import Trainer
 
 SAMPLE_NUM, SAMPLE_STEPS = 8, 64  # the sampling line: 8 samples, 64 reverse steps
 DATASET_ROWS = 256  # random training examples each benchmark draws its batches from
