@@ -1,9 +1,10 @@
-"""Likelihood bounds on held-out data: NELBO in nats, bits per token and perplexity, with standard errors."""
+"""Likelihood bounds on held-out data: NELBO in nats, bits per token and perplexity, with standard errors; the
+held-out data of a run, and the evaluation of a run on it (``md4 eval`` and the demo)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -12,13 +13,36 @@ import numpy as np
 import torch
 
 from md4.core.units import bits_per_token, perplexity
-from md4.data import Batch, DataError, PreparedImages, dataset_of, eval_chunks, is_image_recipe, prepare
+from md4.data import (
+    Batch,
+    CharTokenizer,
+    DataError,
+    ImageCodec,
+    PreparedImages,
+    dataset_of,
+    eval_chunks,
+    is_image_recipe,
+    prepare,
+)
 from md4.data.textfile import read_corpus, text_files
 from md4.device import autocast
 from md4.distributed import World, derived_seed
 from md4.runs.directory import cached_run_data
 
 DEFAULT_BOUND_STEPS = 1000  # T of the discrete-time bound (the paper evaluates with 1000 steps)
+
+
+def unit_of(codec) -> str:
+    """What a bit is counted per: a dimension (sub-pixel) of an image, a character of character-level text, or a
+    token (GPT-2's BPE, raw tokens)."""
+    if isinstance(codec, ImageCodec):
+        return "dim"
+    return "char" if isinstance(codec, CharTokenizer) else "token"
+
+
+def has_discrete_bound(model) -> bool:
+    """Whether the model's kind has the discrete-time bound L_T (Eq. 3) besides the continuous one (Eq. 4)."""
+    return model.discrete_bound
 
 
 @dataclass
@@ -146,3 +170,56 @@ def held_out_batches(run, data: str | None, split: str, batch_size: int, max_bat
 
 def _batch_count(rows: int, batch_size: int, max_rows: int | None) -> int:
     return math.ceil((rows if max_rows is None else min(rows, max_rows)) / batch_size)
+
+
+@dataclass
+class RunEvaluation:
+    """The bounds of a run on held-out data: ``continuous`` and, for a kind that has it, ``discrete``."""
+
+    data: str  # the held-out data, described
+    bounds: dict[str, BoundEstimate]
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, **{name: estimate.to_dict() for name, estimate in self.bounds.items()}}
+
+
+Progress = Callable[[str, HeldOut], Iterable[Batch]]  # (bound's label, its data) -> the batches to evaluate
+
+
+def evaluate_run(
+    run,
+    data: str | None = None,
+    split: str = "test",
+    *,
+    batch_size: int | None = None,
+    draws: int = 1,
+    steps: int | None = DEFAULT_BOUND_STEPS,
+    max_batches: int | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
+    progress: Progress | None = None,
+    on_bound: Callable[[str, BoundEstimate], None] | None = None,
+) -> RunEvaluation:
+    """Estimate a loaded run's continuous-time bound (Eq. 4) and, when its kind has one and ``steps`` is not None,
+    the discrete-time bound with T = ``steps`` (Eq. 3) on held-out data (:func:`held_out_batches`; batches of
+    the run's batch size by default), each with :func:`estimate_nelbo`.
+
+    ``progress(label, held_out)`` is called as each bound starts and returns the batches to use (e.g. wrapped
+    in a progress bar); ``on_bound(label, estimate)`` as each one ends. Labels are ``continuous`` and
+    ``discrete T=steps``.
+    """
+    batch_size = batch_size or run.config.train.batch_size
+    bounds = [("continuous", "continuous", None)]
+    if steps is not None and has_discrete_bound(run.model):
+        bounds.append(("discrete", f"discrete T={steps}", steps))
+    estimates, description = {}, ""
+    for name, label, num_steps in bounds:
+        held_out = held_out_batches(run, data, split, batch_size, max_batches)
+        batches = held_out.batches if progress is None else progress(label, held_out)
+        estimates[name] = estimate_nelbo(
+            run.model, batches, draws=draws, num_steps=num_steps, seed=seed, precision=precision
+        )
+        description = held_out.description
+        if on_bound is not None:
+            on_bound(label, estimates[name])
+    return RunEvaluation(description, estimates)

@@ -1,15 +1,23 @@
-"""Image completion (paper Alg. 2 with a context): the region to fill, and the samples that fill it."""
+"""Image samples with their pictures: a grid (a row per class), the reverse process as a strip, and image
+completion (paper Alg. 2 with a context) with the region to fill."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from md4.device import autocast
-from md4.sampling import sample
+from md4.generation import pictures
+from md4.generation.labels import class_labels
+from md4.sampling import SampleOutput, sample
 
 MASK_SPECS = ("bottom-half", "top-half", "left-half", "right-half", "center", "random:FRACTION")
+DEFAULT_MASK = "bottom-half"  # the region md4 sample --infill-image fills
+STRIP_SNAPSHOTS = 8  # the states of the reverse process a strip shows
 
 
 def image_mask(spec: str, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
@@ -67,3 +75,65 @@ def complete(
     init = torch.where(hole, torch.full_like(given, model.mask_id), given).to(device)
     with autocast(device, precision):
         return sample(model, init=init[None].expand(num, *init.shape).clone(), labels=labels, **sampling)
+
+
+@dataclass
+class ImageSamples:
+    """Image samples and their pictures, RGB [H, W, 3] (:mod:`md4.generation.pictures` writes them as PNG)."""
+
+    output: SampleOutput
+    picture: np.ndarray  # the grid of samples, or the infilling panel
+    strip: np.ndarray | None = None  # the reverse process, when it was asked for
+
+
+def sample_grid(
+    model,
+    codec,
+    num: int = 16,
+    *,
+    per_class: int | None = None,
+    per_row: int | None = None,
+    strip: bool = False,
+    strip_every: int = 1,
+    precision: str = "fp32",
+    **sampling: Any,
+) -> ImageSamples:
+    """Draw ``num`` images (a class-conditional model's classes in turn) or ``per_class`` of each class, laid out
+    in rows of ``per_row`` (default: ``per_class``, one row per class, or a square grid).
+
+    Args:
+        strip: also draw the reverse process, one row per sample (the first ones, or every ``strip_every``-th).
+        precision: the network's arithmetic, ``fp32`` or ``bf16`` (autocast).
+        sampling: options of :func:`md4.sample` (``steps``, ``sampler``, ``grid``, ``guidance``, ``seed``, ...).
+    """
+    device = next(model.parameters()).device
+    labels = class_labels(model.num_classes, num, per_class, device)
+    count = len(labels) if per_class else num
+    with autocast(device, precision):
+        out = sample(model, count, labels=labels, snapshots=STRIP_SNAPSHOTS if strip else 0, **sampling)
+    grid = pictures.tile(pictures.rows_of(codec, out.tokens, per_row or per_class or math.ceil(math.sqrt(count))))
+    frames = pictures.strip(codec, [state[::strip_every] for state in out.trajectory]) if strip else None
+    return ImageSamples(out, grid, frames)
+
+
+def fill_image(
+    model,
+    codec,
+    given: torch.Tensor,
+    num: int = 1,
+    *,
+    mask: str = DEFAULT_MASK,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
+    **sampling: Any,
+) -> ImageSamples:
+    """Complete the ``mask`` region (:func:`image_mask`, a ``random:F`` one drawn with ``seed``) of one image
+    ``given`` [H, W, C] ``num`` times with :func:`complete`; ``labels`` default to a class-conditional model's
+    classes in turn. The picture is the infilling panel: the original, the original with the hole masked, then
+    each completion."""
+    hole = image_mask(mask, codec.data_shape, seed=seed)
+    if labels is None:
+        labels = class_labels(model.num_classes, num, device=next(model.parameters()).device)
+    out = complete(model, given, hole, num, labels=labels, seed=seed, precision=precision, **sampling)
+    return ImageSamples(out, pictures.infill_panel(codec, given, hole, out.tokens.cpu()))

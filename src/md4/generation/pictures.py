@@ -59,6 +59,16 @@ def save_png(pixels: np.ndarray, path: Path, scale: int = 1) -> Path:
     return path
 
 
+def save_pictures(out: Path, picture: np.ndarray, strip: np.ndarray | None = None, scale: int = 1) -> list[Path]:
+    """Write ``picture`` to ``out`` and, when given, the reverse-process ``strip`` next to it as ``OUT-strip.png``;
+    the paths written."""
+    out = Path(out)
+    written = [save_png(picture, out, scale)]
+    if strip is not None:
+        written.append(save_png(strip, out.with_name(f"{out.stem}-strip.png"), scale))
+    return written
+
+
 def rows_of(codec, tokens: torch.Tensor, per_row: int) -> list[list[np.ndarray]]:
     """Images [N, H, W, C] in rows of ``per_row``."""
     pictures = list(rgb(codec, tokens))

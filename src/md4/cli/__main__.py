@@ -1,0 +1,3 @@
+from md4.cli import main
+
+raise SystemExit(main())

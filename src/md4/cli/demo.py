@@ -1,0 +1,59 @@
+"""``md4 demo``: the CPU demo (:func:`md4.demo.run_demo`), with its banner, samples and summary printed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from md4.cli.banner import describe
+from md4.cli.exit_codes import EXIT_SIGNAL
+from md4.demo import DEMO_PROMPT, DemoResult, run_demo
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="the 10-minute CPU demo: train on Shakespeare (or MNIST with --images), sample, evaluate",
+        description="Train the shakespeare-char preset (or mnist), sample, and evaluate on the test split.",
+    )
+    p.add_argument("--images", action="store_true", help="the image demo: class-conditional MNIST, ~25 minutes")
+    p.add_argument("--out", help="run directory (default: runs/demo, or runs/demo-mnist with --images)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train a demo preset, sample, and evaluate on the valid and test splits: Shakespeare, or MNIST with --images."""
+
+    def banner(trainer, resumed: bool) -> None:
+        print(describe(trainer, resumed).replace("md4:", "md4 demo:", 1), file=sys.stderr)
+
+    result = run_demo(args.images, args.out, args.overrides, not args.no_progress, on_start=banner)
+    if result.interrupted:
+        again = f"md4 demo{' --images' if args.images else ''} --out {result.run_dir}"
+        print(f"md4 demo: stopped at step {result.training.step}; run `{again}` again to continue.")
+        return EXIT_SIGNAL[result.training.stopped_by]
+    print_samples(result, args.images)
+    summary, test, unit = result.summary, result.test, result.unit
+    print(
+        f"test bits/{unit} <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {result.test_data}; "
+        f"valid {result.valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
+        f"{result.training.tokens_per_second:.0f} train tokens/s; {summary['wall_seconds']:.0f} s in all"
+    )
+    print(
+        f"curves: {result.run_dir / 'curves.png'}; summary: {result.run_dir / 'demo.json'}; "
+        f"more: md4 sample {result.run_dir} --num 4, md4 eval {result.run_dir}"
+    )
+    return 0
+
+
+def print_samples(result: DemoResult, images: bool) -> None:
+    """The text demo's two samples, or the image demo's first sample and the pictures written."""
+    if images:
+        print(f"\n=== a sample of each class ===\n{result.preview}\n")
+        for name, path in result.outputs.items():
+            print(f"{name}: {path}")
+        return
+    unconditional, prompted = result.outputs["sample_unconditional"], result.outputs["sample_prompted"]
+    print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")

@@ -1,0 +1,198 @@
+"""``md4 sample``: text (with a prompt or an infilling template) or images (a grid, a strip, an infilled PNG)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from md4.cli.options import add_model_options, check_output_file, positive
+from md4.data import ImageCodec
+from md4.device import PRECISIONS
+from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
+from md4.generation.labels import class_labels
+from md4.generation.pictures import save_pictures
+from md4.generation.text import generate
+from md4.runs.directory import LoadedRun, load_run
+from md4.sampling import (
+    CATEGORICAL,
+    DEFAULT_CATEGORICAL,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    DEFAULT_TOP_P,
+    GRIDS,
+    MAX_GUIDANCE,
+    SAMPLERS,
+    SamplingOptions,
+)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample", help="draw samples from a trained run", description="Sample from a run's EMA weights."
+    )
+    p.add_argument("run", help="run directory written by md4 train")
+    p.add_argument("--num", type=int, default=4, help="number of samples (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse steps T (default: %(default)s)")
+    p.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        default=DEFAULT_SAMPLER,
+        help="; ".join(f"{name}: {sampler.description}" for name, sampler in SAMPLERS.items()),
+    )
+    p.add_argument("--grid", choices=GRIDS, default=SamplingOptions.grid, help="time grid (default: %(default)s)")
+    p.add_argument(
+        "--top-p", type=float, default=DEFAULT_TOP_P, help="nucleus mass for --sampler top_p (default: %(default)s)"
+    )
+    p.add_argument(
+        "--categorical",
+        choices=CATEGORICAL,
+        default=DEFAULT_CATEGORICAL,
+        help="how tokens are drawn: float64 is exact; float32-gumbel is the JAX release's (implicitly truncated)",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_text_options(p)
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance of a class-conditional model: 1 conditions, 0 ignores the labels, "
+        "> 1 follows them more closely (default: %(default)s)",
+    )
+    add_image_options(p)
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def add_text_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--length",
+        type=int,
+        help="sample length in tokens (default: the training seq_len; with --infill, the template's length)",
+    )
+    p.add_argument("--prompt", help="text the samples start with (kept fixed)")
+    p.add_argument("--infill", help="text with holes to fill, e.g. 'To be, or ___ to be'; other tokens stay fixed")
+    p.add_argument("--hole", default="_", help="the hole character for --infill (default: %(default)s)")
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--per-class", type=int, help="images: this many samples of each class, one row per class")
+    p.add_argument("--infill-image", help="images: a PNG of the model's size whose --mask region is filled in")
+    p.add_argument(
+        "--mask",
+        help="images, with --infill-image: the region to fill: bottom-half, top-half, left-half, right-half, center "
+        f"or random:F (default: {DEFAULT_MASK})",
+    )
+    p.add_argument("--out", help="images: the PNG to write (default: RUN/samples/sample.png)")
+    p.add_argument("--strip", action="store_true", help="images: also write the reverse process as OUT-strip.png")
+    p.add_argument("--scale", type=int, default=4, help="images: pixel size in the PNG (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("num", "steps", "length", "per_class", "scale"):
+        positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    if args.prompt == "":
+        raise ValueError("--prompt is empty; give the text the samples start with, or leave --prompt out.")
+    check_guidance(args.guidance)
+    if args.out:
+        check_output_file(Path(args.out), "--out", "sample.png")
+    loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
+    images = isinstance(loaded.codec, ImageCodec)
+    check_sample_options(args, loaded, images)
+    options = {
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "grid": args.grid,
+        "top_p": args.top_p,
+        "categorical": args.categorical,
+        "precision": args.precision,
+        "guidance": args.guidance,
+    }
+    start = time.time()
+    count, nfe = sample_images(args, loaded, options) if images else sample_texts(args, loaded, options)
+    how = f"{args.steps} {args.grid} steps" if SAMPLERS[args.sampler].uses_grid else "no grid"
+    print(
+        f"md4: {count} samples, {args.sampler} sampler, {how}, {nfe} network calls, {time.time() - start:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def sample_texts(args: argparse.Namespace, loaded: LoadedRun, options: dict) -> tuple[int, int]:
+    """Print text samples (a conditional model's classes in turn); how many, and the network calls made."""
+    labels = class_labels(loaded.model.num_classes, args.num, device=next(loaded.model.parameters()).device)
+    out = generate(
+        loaded.model,
+        loaded.codec,
+        args.num,
+        length=args.length,
+        prompt=args.prompt,
+        infill=args.infill,
+        hole=args.hole,
+        labels=labels,
+        seed=args.seed,
+        **options,
+    )
+    for i, text in enumerate(out.texts):
+        print(f"=== sample {i} ===\n{text}")
+    return len(out.texts), out.nfe
+
+
+def sample_images(args: argparse.Namespace, loaded: LoadedRun, options: dict) -> tuple[int, int]:
+    """Write image samples as PNG files (a grid, or an infilling panel, and a reverse-process strip) and print an
+    ASCII preview of the first image; how many samples, and the network calls made."""
+    model, codec = loaded.model, loaded.codec
+    if args.infill_image:
+        given = torch.as_tensor(codec.read_png(args.infill_image))
+        drawn = fill_image(model, codec, given, args.num, mask=args.mask or DEFAULT_MASK, seed=args.seed, **options)
+    else:
+        drawn = sample_grid(
+            model, codec, args.num, per_class=args.per_class, strip=args.strip, seed=args.seed, **options
+        )
+    out = Path(args.out) if args.out else Path(args.run) / "samples" / "sample.png"
+    written = save_pictures(out, drawn.picture, drawn.strip, args.scale)
+    print(codec.decode(drawn.output.tokens[0].cpu()))
+    for path in written:
+        print(f"md4: wrote {path}", file=sys.stderr)
+    count = args.per_class * model.num_classes if args.per_class else args.num
+    return count, drawn.output.nfe
+
+
+def check_guidance(guidance: float) -> None:
+    """Refuse a guidance weight that is not a number from 0 to :data:`md4.sampling.MAX_GUIDANCE`."""
+    if not 0.0 <= guidance <= MAX_GUIDANCE:  # also NaN
+        raise ValueError(
+            f"--guidance must be a number from 0 (ignore the labels) to {MAX_GUIDANCE:g}, with 1 for plain "
+            f"conditioning, got {guidance}."
+        )
+
+
+def check_sample_options(args: argparse.Namespace, loaded: LoadedRun, images: bool) -> None:
+    """Refuse options that do not apply to this run or to each other, instead of ignoring them."""
+    text_only = {"--prompt": args.prompt, "--infill": args.infill, "--length": args.length}
+    image_only = {
+        "--infill-image": args.infill_image,
+        "--per-class": args.per_class,
+        "--out": args.out,
+        "--mask": args.mask,
+    }
+    wrong = [name for name, value in (text_only if images else image_only).items() if value is not None]
+    if wrong or (args.strip and not images):
+        kind = "text" if images else "image"
+        raise ValueError(f"{(wrong or ['--strip'])[0]} is for {kind} runs, and {args.run} is not one.")
+    if args.mask is not None and args.infill_image is None:
+        raise ValueError("--mask chooses the region of --infill-image to fill in; pass --infill-image PNG with it.")
+    if args.per_class and args.infill_image:
+        raise ValueError(
+            "--per-class draws a grid of every class and --infill-image completes one image; use one of them "
+            "(--num sets how many completions)."
+        )
+    if args.guidance not in (0.0, 1.0) and loaded.model.num_classes is None:
+        raise ValueError(
+            f"--guidance {args.guidance:g} weighs class labels, and {args.run} is not class-conditional (train one "
+            "with model.conditional=true); leave --guidance out."
+        )

@@ -1,0 +1,150 @@
+"""The CPU demo (``md4 demo``): train a small preset on its own data (or resume, or reuse, the run in its folder),
+evaluate the continuous-time bound (Eq. 4) on the valid and test splits, and sample: text with and without a prompt,
+or, for images, a grid with a row per class, an unconditional grid, the reverse process and an infilled test image.
+Everything is summarised in the run's ``demo.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, load_preset
+from md4.evaluate import BoundEstimate, evaluate_run, held_out_batches, unit_of
+from md4.generation import pictures
+from md4.generation.images import fill_image, sample_grid
+from md4.generation.labels import class_labels
+from md4.generation.text import generate
+from md4.runs.directory import LoadedRun, is_run, load_run, resume_config
+from md4.training.trainer import Trainer, TrainResult, build_trainer
+
+DEMO_PROMPT = "ROMEO:"
+PER_CLASS = 8  # image demo: samples of each class, a row each (and the width of the unconditional grid)
+UNCONDITIONAL_ROWS = 10  # image demo of an unconditional model: rows of the grids
+COMPLETIONS = 6  # image demo: completions of the infilled test image
+SCALE = 4  # image demo: pixel size in the PNGs
+
+
+@dataclass
+class DemoResult:
+    """How the demo's training ended and, unless it was interrupted, what the demo found (``demo.json``)."""
+
+    run_dir: Path
+    training: TrainResult
+    summary: dict[str, Any] = field(default_factory=dict)  # demo.json's content; empty when training was interrupted
+    unit: str = "token"  # what a bit is counted per
+    valid: BoundEstimate | None = None
+    test: BoundEstimate | None = None
+    test_data: str = ""  # the test split, described
+    outputs: dict[str, str] = field(default_factory=dict)  # text: the samples; images: the paths of the PNGs
+    preview: str = ""  # images: the first class's first sample as text
+
+    @property
+    def interrupted(self) -> bool:
+        return self.training.interrupted
+
+
+def demo_run_dir(images: bool) -> Path:
+    """Where the demo trains by default."""
+    return Path("runs/demo-mnist" if images else "runs/demo")
+
+
+def train_demo(
+    preset: str,
+    run_dir: Path,
+    overrides: list[str],
+    progress: bool,
+    on_start: Callable[[Trainer, bool], None] | None = None,
+) -> TrainResult:
+    """Train (or resume, or reuse) a demo run on the preset's own data; ``on_start(trainer, resumed)`` is called
+    before training starts."""
+    resume = is_run(run_dir)
+    if resume:
+        config = resume_config(run_dir, overrides, data=load_preset(preset).data.name)
+    else:
+        config = build_config(preset, overrides)
+    trainer = build_trainer(config, run_dir, resume, progress)
+    if on_start is not None:
+        on_start(trainer, resume)
+    return trainer.fit()
+
+
+def run_demo(
+    images: bool = False,
+    run_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    on_start: Callable[[Trainer, bool], None] | None = None,
+) -> DemoResult:
+    """Train the shakespeare-char preset (or mnist with ``images``) into ``run_dir`` (default:
+    :func:`demo_run_dir`), then evaluate, sample and write ``demo.json``; a run interrupted by a signal stops
+    after training (running the demo again continues it)."""
+    run_dir = Path(run_dir or demo_run_dir(images))
+    start = time.time()
+    training = train_demo(IMAGE_PRESET if images else DEFAULT_PRESET, run_dir, list(overrides), progress, on_start)
+    if training.interrupted:
+        return DemoResult(run_dir, training)
+    run = load_run(run_dir)
+    valid, test = (
+        evaluate_run(run, split=split, steps=None, precision=run.config.train.precision) for split in ("valid", "test")
+    )
+    result = DemoResult(run_dir, training, unit=unit_of(run.codec), valid=valid.bounds["continuous"])
+    result.test, result.test_data = test.bounds["continuous"], test.data
+    result.summary = {
+        "run_dir": str(run_dir),
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "train_seconds": round(training.seconds, 1),
+        "train_tokens_per_second": round(training.tokens_per_second),
+        f"valid_bits_per_{result.unit}": result.valid.bits_per_token,
+        f"test_bits_per_{result.unit}": result.test.bits_per_token,
+        f"test_bits_per_{result.unit}_stderr": result.test.bits_per_token_stderr,
+        "test_sequences": result.test.num_sequences,
+    }
+    if images:
+        result.outputs, result.preview = demo_images(run, run_dir)
+    else:
+        result.outputs = demo_texts(run)
+    result.summary.update(result.outputs)
+    result.summary["wall_seconds"] = round(time.time() - start, 1)
+    (run_dir / "demo.json").write_text(json.dumps(result.summary, indent=2))
+    return result
+
+
+def demo_texts(run: LoadedRun) -> dict[str, str]:
+    """The text demo's samples: one unconditional, one prompted with :data:`DEMO_PROMPT`."""
+    steps = run.config.train.sample_steps
+    labels = class_labels(run.model.num_classes, 1, device=next(run.model.parameters()).device)
+    (unconditional,) = generate(run.model, run.codec, 1, labels=labels, seed=0, steps=steps).texts
+    (prompted,) = generate(run.model, run.codec, 1, labels=labels, seed=1, steps=steps, prompt=DEMO_PROMPT).texts
+    return {"sample_unconditional": unconditional, "sample_prompted": prompted}
+
+
+def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str]:
+    """The image demo's pictures: a grid with a row per class, an unconditional grid (guidance 0), the reverse
+    process of a sample of each class, and completions of the bottom half of a test image; their paths, and the
+    first sample as text. An unconditional model draws both grids unconditionally."""
+    codec, model = run.codec, run.model
+    conditional = model.num_classes is not None
+    options: dict[str, Any] = {
+        "per_class": PER_CLASS if conditional else None,
+        "per_row": PER_CLASS,
+        "steps": run.config.train.sample_steps,
+        "grid": "cosine",
+    }
+    num = UNCONDITIONAL_ROWS * PER_CLASS
+    grid = sample_grid(model, codec, num, strip=True, strip_every=PER_CLASS, seed=0, **options)
+    free = sample_grid(model, codec, num, guidance=0.0 if conditional else 1.0, seed=1, **options)
+    paths = {
+        "class_grid": pictures.save_png(grid.picture, run_dir / "demo-classes.png", SCALE),
+        "unconditional_grid": pictures.save_png(free.picture, run_dir / "demo-unconditional.png", SCALE),
+        "strip": pictures.save_png(grid.strip, run_dir / "demo-strip.png", SCALE),
+    }
+    images, image_labels = next(held_out_batches(run, None, "test", 1).batches)
+    device = next(model.parameters()).device
+    labels = image_labels.expand(COMPLETIONS).to(device) if conditional else None
+    filled = fill_image(model, codec, images[0], COMPLETIONS, labels=labels, steps=options["steps"], seed=0)
+    paths["infill"] = pictures.save_png(filled.picture, run_dir / "demo-infill.png", SCALE)
+    return {name: str(path) for name, path in paths.items()}, codec.decode(grid.output.tokens[0].cpu())

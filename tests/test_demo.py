@@ -1,0 +1,50 @@
+"""The demo flows in the library (:func:`md4.demo.run_demo`), without the CLI: what they train, evaluate, sample
+and write, for text and for images (class-conditional or not)."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from md4.demo import DEMO_PROMPT, PER_CLASS, demo_run_dir, run_demo
+from md4.generation.pictures import GAP
+
+TEXT_TINY = ["net.dim=32", "net.n_layers=1", "net.n_heads=2", "data.seq_len=32", "train.warmup_steps=1"]
+TEXT_TINY += ["train.steps=2", "train.batch_size=256", "train.sample_steps=4", "train.eval_every=2"]
+IMAGE_TINY = ["data.name=digits", "model.net=unet", "net.feature_dim=32", "net.n_layers=1", "train.batch_size=16"]
+IMAGE_TINY += ["train.steps=2", "train.eval_every=2", "train.sample_every=2", "train.sample_steps=4"]
+IMAGE_TINY += ["train.checkpoint_every=2", "train.warmup_steps=1"]
+
+
+def test_the_demo_runs_in_runs_demo_by_default():
+    assert str(demo_run_dir(False)) == "runs/demo" and str(demo_run_dir(True)) == "runs/demo-mnist"
+
+
+def test_the_text_demo_trains_evaluates_samples_and_writes_its_summary(tmp_path, monkeypatch, shakespeare_cache):
+    monkeypatch.setenv("MD4_CACHE_DIR", str(shakespeare_cache))
+    started = []
+    result = run_demo(False, tmp_path / "demo", TEXT_TINY, progress=False, on_start=lambda *a: started.append(a[1]))
+    assert started == [False] and not result.interrupted and result.unit == "char"
+    assert result.outputs["sample_prompted"].startswith(DEMO_PROMPT) and result.test_data.endswith("[test split]")
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert summary == result.summary and summary["test_bits_per_char"] == result.test.bits_per_token
+    assert summary["valid_bits_per_char"] == result.valid.bits_per_token
+    assert list(summary)[-3:] == ["sample_unconditional", "sample_prompted", "wall_seconds"]
+    again = run_demo(False, tmp_path / "demo", TEXT_TINY, progress=False, on_start=lambda *a: started.append(a[1]))
+    assert started == [False, True] and again.outputs == result.outputs and again.test == result.test
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_the_image_demo_draws_its_pictures(conditional, tmp_path, monkeypatch, registry_images):
+    monkeypatch.setenv("MD4_CACHE_DIR", str(registry_images))
+    overrides = [*IMAGE_TINY, f"model.conditional={str(conditional).lower()}"]
+    result = run_demo(True, tmp_path / "demo", overrides, progress=False)
+    assert result.unit == "dim" and len(result.preview.splitlines()) == 8  # the first 8x8 digit as text
+    assert list(result.outputs) == ["class_grid", "unconditional_grid", "strip", "infill"]
+    side = 4 * 8  # a digit at the demo's scale
+    for name in ("class_grid", "unconditional_grid"):
+        with Image.open(result.outputs[name]) as grid:  # ten rows (a class each) of eight
+            assert grid.size == (PER_CLASS * (side + 4 * GAP) - 4 * GAP, 10 * (side + 4 * GAP) - 4 * GAP), name
+    with Image.open(result.outputs["infill"]) as panel:  # the digit, its masked half, six completions
+        assert panel.size == (8 * (side + 4 * GAP) - 4 * GAP, side)
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["infill"] == result.outputs["infill"]
