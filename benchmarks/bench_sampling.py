@@ -32,9 +32,9 @@ import torch
 
 from md4.core.md4 import MD4
 from md4.device import autocast
-from md4.evaluate import run_data
 from md4.ngram import DEFAULT_ORDER, NGramModel, sample_entropy
-from md4.runs.directory import load_run
+from md4.nn.contract import capabilities_of
+from md4.runs.directory import cached_run_data, load_run
 from md4.sampling import sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,14 +60,14 @@ def timed_sample(model, num: int, precision: str = "fp32", sample_fn=sample, **k
 
 def quality_table(args) -> None:
     run = load_run(args.run, device="cpu")
-    data = run_data(run)
+    data = cached_run_data(run.source, run.run_dir)
     length = run.config.data.seq_len
     start = time.perf_counter()
     scorer = NGramModel.fit(data.splits["train"], run.model.vocab_size, args.order)
     fit = time.perf_counter() - start
     print(f"n-gram scorer: order {args.order}, fitted on {len(data.splits['train']):,} training tokens in {fit:.1f} s")
     models = {"main": run.model}
-    if run.model.time_independent:
+    if capabilities_of(run.model.denoiser).time_independent:
         print("The run's network ignores t, so its ancestral rows are already the cached sampler.")
     elif args.cached_run:
         models["cached"] = load_run(args.cached_run, device="cpu").model

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from md4.config import build_config
-from md4.evaluate import estimate_nelbo, held_out_batches
+from md4.evaluate import estimate_nelbo
+from md4.held_out import held_out_batches
 from md4.models import count_parameters
 from md4.runs.directory import is_run, load_run
 from md4.training import build_trainer

@@ -124,6 +124,8 @@ class ToyKind(nn.Module, ModelKindContract):
         self.num_classes = None
         self.logit_scale = nn.Parameter(torch.ones(()))
 
+    forward = ModelKindContract.training_objective
+
     def own_learning_rates(self):
         return [([self.logit_scale], 0.5)]
 
@@ -341,3 +343,31 @@ def test_capabilities_are_declared_never_guessed():
 
     with pytest.raises(TypeError, match="must be a DenoiserCapabilities"):
         capabilities_of(Wrong())
+
+
+@pytest.mark.parametrize(
+    "schedule, vocab", [(SquareSchedule(), 3), (SquareOrCosineSchedule(), 2)], ids=["shared", "per-token"]
+)
+def test_the_toy_kind_goes_through_the_trainer(schedule, vocab, tmp_path):
+    """The Trainer asks only the kind contract: the toy kind trains (its own learning rate in its own group, in the
+    same warm-up and decay), is evaluated and sampled by the loop, and checkpoints."""
+    from tiny_training import tiny_config, tiny_data
+
+    from md4.runs.checkpoints import list_checkpoints
+    from md4.training import Trainer
+
+    config = tiny_config("train.steps=4", "train.eval_every=2", "train.sample_every=2", "train.checkpoint_every=2")
+    data = tiny_data(vocab_size=vocab)
+    model = ToyKind(SelectingDenoiser(vocab), vocab, schedule, data.data_shape)
+    trainer = Trainer(config, model, data, tmp_path / "run", progress=False)
+    own = [g for g in trainer.optimizer.param_groups if any(p is trainer.model.logit_scale for p in g["params"])]
+    assert len(own) == 1 and own[0]["lr_scale"] == pytest.approx(0.5 / config.train.lr)
+    before = trainer.model.logit_scale.detach().clone()
+    result = trainer.fit()
+    assert result.step == 4 and math.isfinite(result.valid_bits_per_token)
+    assert not torch.equal(trainer.model.logit_scale.detach(), before)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "step_00000004"
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "step_00000002.txt",
+        "step_00000004.txt",
+    ]

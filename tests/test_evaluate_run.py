@@ -7,7 +7,8 @@ from cli_runs import TINY_TEXT
 from md4 import MD4, GenMD4, Transformer, TransformerConfig
 from md4.config import build_config
 from md4.data import CharTokenizer, ImageCodec, RawCodec
-from md4.evaluate import estimate_nelbo, evaluate_run, has_discrete_bound, held_out_batches, unit_of
+from md4.evaluate import estimate_nelbo, evaluate_run, has_discrete_bound, unit_of
+from md4.held_out import held_out_batches
 from md4.runs.directory import load_run
 from md4.training.trainer import train
 

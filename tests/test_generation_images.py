@@ -9,8 +9,8 @@ from PIL import Image
 from md4 import MD4, Transformer, TransformerConfig, sample
 from md4.data import ImageCodec
 from md4.generation.images import DEFAULT_MASK, STRIP_SNAPSHOTS, fill_image, image_mask, sample_grid
-from md4.generation.labels import class_labels
 from md4.generation.pictures import GAP, save_pictures
+from md4.sampling.labels import class_labels
 
 CODEC = ImageCodec(4, 4, 1, levels=4)
 SIDE = 4  # pixels of an image a side

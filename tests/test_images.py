@@ -25,6 +25,7 @@ from md4.data import (
     available_recipes,
     canonical_name,
     codec_from_dict,
+    image_folders,
     is_image_recipe,
     load_cached,
     open_dataset,
@@ -34,7 +35,6 @@ from md4.data import (
     recipe_num_classes,
     recipe_vocab_size,
 )
-from md4.data import image_folders
 from md4.data import image_sources as sources
 
 RNG = np.random.default_rng(0)

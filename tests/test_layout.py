@@ -29,7 +29,9 @@ def test_modules_classes_and_functions_stay_small():
         if lines > LIMITS["file"]:
             too_long.append(f"{name}: {lines} lines")
         for node in ast.walk(tree):
-            kind = {ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}.get(type(node))
+            kind = {ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}.get(
+                type(node)
+            )
             if kind and node.end_lineno - node.lineno + 1 > LIMITS[kind]:
                 too_long.append(f"{name}:{node.lineno} {kind} {node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not too_long, too_long

@@ -14,6 +14,7 @@ from md4 import MD4, TransformerConfig, models
 from md4.cli import main
 from md4.config import Config, ConfigError, build_config, data_spec_guess
 from md4.models import DataSpec, build_model, count_parameters
+from md4.nn.contract import DenoiserCapabilities
 
 
 @pytest.mark.parametrize(
@@ -112,7 +113,7 @@ class MLPConfig:
 
 
 class MLPDenoiser(nn.Module):
-    time_independent = True
+    capabilities = DenoiserCapabilities(time_independent=True)
 
     def __init__(self, config: MLPConfig):
         super().__init__()

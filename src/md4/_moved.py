@@ -13,7 +13,7 @@ import types
 MOVED: dict[str, tuple[str, ...]] = {
     "md4.diffusion": ("md4.core.md4", "md4.core.masked", "md4.core.noise", "md4.core.units", "md4.core.tokens"),
     "md4.genmd4": ("md4.core.genmd4",),
-    "md4.schedules": ("md4.core.schedules",),
+    "md4.schedules": ("md4.core.schedules", "md4.core.token_schedule"),
     "md4.tokens": ("md4.core.tokens",),
     "md4.generate": ("md4.generation.text", "md4.generation.images"),
     "md4.image_outputs": ("md4.generation.pictures",),

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, load_preset
-from md4.evaluate import BoundEstimate, evaluate_run, held_out_batches, unit_of
+from md4.evaluate import BoundEstimate, evaluate_run, unit_of
 from md4.generation import pictures
 from md4.generation.images import fill_image, sample_grid
-from md4.generation.labels import class_labels
 from md4.generation.text import generate
+from md4.held_out import held_out_batches
 from md4.runs.directory import LoadedRun, is_run, load_run, resume_config
+from md4.sampling.labels import class_labels
 from md4.training.trainer import Trainer, TrainResult, build_trainer
 
 DEMO_PROMPT = "ROMEO:"

@@ -1,33 +1,24 @@
-"""Likelihood bounds on held-out data: NELBO in nats, bits per token and perplexity, with standard errors; the
-held-out data of a run, and the evaluation of a run on it (``md4 eval`` and the demo)."""
+"""Likelihood bounds on held-out data: NELBO in nats, bits per token and perplexity, with standard errors; and the
+evaluation of a run on its held-out data (:mod:`md4.held_out`) that ``md4 eval`` and the demo print."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
 import torch
 
+from md4.core.kind_contract import DISCRETE, ModelKindContract
 from md4.core.units import bits_per_token, perplexity
 from md4.data import (
     Batch,
     CharTokenizer,
-    DataError,
     ImageCodec,
-    PreparedImages,
-    dataset_of,
-    eval_chunks,
-    is_image_recipe,
-    prepare,
 )
-from md4.data.textfile import read_corpus, text_files
 from md4.device import autocast
 from md4.distributed import World, derived_seed
-from md4.runs.directory import cached_run_data
+from md4.held_out import HeldOut, held_out_batches
 
 DEFAULT_BOUND_STEPS = 1000  # T of the discrete-time bound (the paper evaluates with 1000 steps)
 
@@ -42,7 +33,7 @@ def unit_of(codec) -> str:
 
 def has_discrete_bound(model) -> bool:
     """Whether the model's kind has the discrete-time bound L_T (Eq. 3) besides the continuous one (Eq. 4)."""
-    return model.discrete_bound
+    return isinstance(model, ModelKindContract) and DISCRETE in model.bounds
 
 
 @dataclass
@@ -106,7 +97,7 @@ def estimate_nelbo(
             continue
         generator = torch.Generator(device=device).manual_seed(derived_seed(seed, index))  # any process, same draws
         x = x.to(device)
-        labels = None if labels is None or getattr(model, "num_classes", None) is None else labels.to(device)
+        labels = None if labels is None or model.num_classes is None else labels.to(device)
         with autocast(device, precision):
             total = sum(
                 model.nelbo(x, labels=labels, num_steps=num_steps, generator=generator).double() for _ in range(draws)
@@ -124,52 +115,6 @@ def estimate_nelbo(
         )
     stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return BoundEstimate(float(values.mean()), stderr, len(values), tokens, draws, num_steps)
-
-
-class HeldOut(NamedTuple):
-    """Evaluation batches, how many there are, and a description of the data."""
-
-    batches: Iterator[Batch]
-    count: int
-    description: str
-
-
-def held_out_batches(run, data: str | None, split: str, batch_size: int, max_batches: int | None = None) -> HeldOut:
-    """Evaluation batches for a loaded run (:class:`md4.runs.directory.LoadedRun`).
-
-    ``data``: None for the run's own dataset (its ``split``, found in the cache by its fingerprint), another recipe
-    name with the same vocabulary, or the path of any text file or folder, encoded with the run's tokenizer (all
-    of it is used). A prepared split is checked against its checksum before it is used.
-    """
-    seq_len = run.config.data.seq_len
-    max_chunks = None if max_batches is None else max_batches * batch_size
-    if data is not None and Path(data).exists() and not is_image_recipe(data):
-        if not hasattr(run.codec, "encode"):
-            raise DataError(f"This run's data has no text form, so it cannot be evaluated on the text in {data}.")
-        tokens = np.asarray(run.codec.encode(read_corpus(text_files(Path(data)), Path(data))))
-        batches = ((x, None) for x in eval_chunks(tokens, seq_len, batch_size, max_chunks))
-        count = _batch_count(len(tokens) // seq_len, batch_size, max_chunks)
-        return HeldOut(batches, count, f"{data} (all {len(tokens)} tokens)")
-    if data is None:
-        prepared = cached_run_data(run.source, run.run_dir)
-    else:
-        prepared = prepare(data, seq_len=seq_len, levels=run.config.data.levels)
-    dataset = dataset_of(prepared, seq_len)
-    if dataset.codec.to_dict() != run.codec.to_dict():
-        raise DataError(
-            f"Dataset {prepared.name!r} uses a different vocabulary from this model; "
-            "evaluate on a text file (it is encoded with the model's tokenizer) or the run's own dataset."
-        )
-    if split not in prepared.splits:
-        raise DataError(f"unknown split {split!r}; {prepared.name} has {', '.join(prepared.splits)}.")
-    prepared.verify(split)
-    rows = len(prepared.splits[split]) // (1 if isinstance(prepared, PreparedImages) else seq_len)
-    count = _batch_count(rows, batch_size, max_chunks)
-    return HeldOut(dataset.eval_batches(split, batch_size, max_batches), count, f"{prepared.name} [{split} split]")
-
-
-def _batch_count(rows: int, batch_size: int, max_rows: int | None) -> int:
-    return math.ceil((rows if max_rows is None else min(rows, max_rows)) / batch_size)
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from md4.data import prepared_of
+
 
 def describe(trainer, resume: bool, note: str = "") -> str:
     """The banner: what is trained on which data, into where (and ``note``, when there is one)."""
@@ -17,7 +19,7 @@ def describe(trainer, resume: bool, note: str = "") -> str:
 
 def class_counts(dataset, shown: int = 10) -> str:
     """The images each class of an image folder got, e.g. ``cat 80, dog 80`` (the first ``shown`` classes)."""
-    prepared = getattr(dataset, "prepared", None)
+    prepared = prepared_of(dataset)
     counts = prepared.meta.get("class_counts") if prepared is not None else None
     if not counts:
         return ""

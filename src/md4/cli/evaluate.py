@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from md4.cli.options import add_model_options, positive
 from md4.device import PRECISIONS
-from md4.evaluate import DEFAULT_BOUND_STEPS, BoundEstimate, HeldOut, evaluate_run, unit_of
+from md4.evaluate import DEFAULT_BOUND_STEPS, BoundEstimate, evaluate_run, unit_of
+from md4.held_out import HeldOut
 from md4.runs.directory import load_run
 
 

@@ -13,21 +13,22 @@ from md4.cli.options import add_model_options, check_output_file, positive
 from md4.data import ImageCodec
 from md4.device import PRECISIONS
 from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
-from md4.generation.labels import class_labels
 from md4.generation.pictures import save_pictures
 from md4.generation.text import generate
 from md4.runs.directory import LoadedRun, load_run
 from md4.sampling import (
     CATEGORICAL,
     DEFAULT_CATEGORICAL,
+    DEFAULT_GRID,
+    DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     DEFAULT_TOP_P,
     GRIDS,
     MAX_GUIDANCE,
     SAMPLERS,
-    SamplingOptions,
 )
+from md4.sampling.labels import class_labels
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +44,7 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_SAMPLER,
         help="; ".join(f"{name}: {sampler.description}" for name, sampler in SAMPLERS.items()),
     )
-    p.add_argument("--grid", choices=GRIDS, default=SamplingOptions.grid, help="time grid (default: %(default)s)")
+    p.add_argument("--grid", choices=GRIDS, default=DEFAULT_GRID, help="time grid (default: %(default)s)")
     p.add_argument(
         "--top-p", type=float, default=DEFAULT_TOP_P, help="nucleus mass for --sampler top_p (default: %(default)s)"
     )
@@ -59,7 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--guidance",
         type=float,
-        default=1.0,
+        default=DEFAULT_GUIDANCE,
         help="classifier-free guidance of a class-conditional model: 1 conditions, 0 ignores the labels, "
         "> 1 follows them more closely (default: %(default)s)",
     )

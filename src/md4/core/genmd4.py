@@ -85,7 +85,6 @@ class GenMD4(MaskedDiffusion):
         super().__init__(denoiser, vocab_size, schedule, data_shape, num_classes, label_dropout)
         self.t1 = check_t1(t1)
         self.theta_lr = theta_lr
-        self.schedule_lr = theta_lr  # read by md4.training.trainer until it asks own_learning_rates()
 
     @classmethod
     def build(cls, options: GenMD4Options, denoiser: Denoiser, spec) -> GenMD4:

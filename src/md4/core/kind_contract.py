@@ -23,7 +23,10 @@ CONTINUOUS, DISCRETE = "continuous", "discrete"  # the continuous-time bound (Eq
 
 
 class ModelKindContract(ABC):
-    """Mixed into a kind's ``nn.Module``: its declared capabilities and the calls every kind answers."""
+    """Mixed into a kind's ``nn.Module`` (``class Kind(nn.Module, ModelKindContract)``, the order FSDP2's class
+    swap needs): its declared capabilities and the calls every kind answers. The module's ``forward`` is bound to
+    :meth:`training_objective` (``forward = ModelKindContract.training_objective``): the trainer calls it, and so
+    does DistributedDataParallel when it wraps the model."""
 
     kind: ClassVar[str]  # the name in the registry (``[model] kind``)
     bounds: ClassVar[tuple[str, ...]] = (CONTINUOUS,)
@@ -55,6 +58,16 @@ class ModelKindContract(ABC):
     ) -> torch.Tensor:
         """One Monte-Carlo draw of a bound in nats per sequence [B]: continuous time for ``num_steps=None``, the
         discrete-time bound with T steps otherwise (only for kinds whose ``bounds`` hold ``discrete``)."""
+
+    def training_objective(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training objective, :meth:`loss` (a kind's ``forward``)."""
+        return self.loss(x, labels=labels, generator=generator, shard=shard)
 
     def own_learning_rates(self) -> list[tuple[list[nn.Parameter], float]]:
         """Parameters that train at their own peak learning rate (e.g. GenMD4's schedule with ``theta_lr``), as

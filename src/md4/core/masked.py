@@ -44,7 +44,6 @@ class MaskedDiffusion(nn.Module, ModelKindContract):
     training puts in place of a label with probability ``label_dropout`` so that sampling can guide
     (classifier-free guidance). A kind declares its name, bounds and samplers (:class:`ModelKindContract`)."""
 
-    discrete_bound = False  # read by md4.cli until it asks ``bounds``
 
     def __init__(
         self,
@@ -65,9 +64,7 @@ class MaskedDiffusion(nn.Module, ModelKindContract):
         self.num_classes = num_classes
         self.label_dropout = float(label_dropout)
 
-    def forward(self, x: torch.Tensor, labels=None, generator=None, shard: BatchShard | None = None):
-        """The training objective, :meth:`loss`: what DistributedDataParallel calls when it wraps the model."""
-        return self.loss(x, labels=labels, generator=generator, shard=shard)
+    forward = ModelKindContract.training_objective
 
     def training_labels(
         self, labels: torch.Tensor | None, generator=None, shard: BatchShard | None = None

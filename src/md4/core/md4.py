@@ -56,7 +56,6 @@ class MD4(MaskedDiffusion):
 
     kind = "md4"
     bounds = (CONTINUOUS, DISCRETE)
-    discrete_bound = True  # read by md4.cli until it asks ``bounds``
 
     def __init__(
         self,

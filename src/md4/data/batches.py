@@ -49,6 +49,7 @@ class Prepared(Protocol):
     name: str
     key: str
     fingerprint: str
+    meta: dict[str, Any]
 
     def verify(self, split: str) -> None: ...  # pragma: no cover
 

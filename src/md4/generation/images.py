@@ -12,8 +12,8 @@ import torch
 
 from md4.device import autocast
 from md4.generation import pictures
-from md4.generation.labels import class_labels
 from md4.sampling import SampleOutput, sample
+from md4.sampling.labels import class_labels
 
 MASK_SPECS = ("bottom-half", "top-half", "left-half", "right-half", "center", "random:FRACTION")
 DEFAULT_MASK = "bottom-half"  # the region md4 sample --infill-image fills

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from md4.core.token_schedule import TokenPolynomialSchedule
+from md4.data import Tokenizer
 from md4.files import atomic_output
 
 MAX_LABELLED = 40  # larger vocabularies show their lowest and highest tokens only
@@ -19,7 +20,7 @@ EXTREMES = 3  # curves drawn at each end
 
 def token_label(codec, v: int) -> str:
     """A printable label for token v: its text with whitespace made visible, or its id."""
-    if not hasattr(codec, "encode"):
+    if not isinstance(codec, Tokenizer):
         return str(v)
     text = codec.decode([v])
     visible = text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from md4.data import Tokenizer
 from md4.device import autocast
 from md4.notices import warn
 from md4.sampling import prefix_init, sample
@@ -64,7 +65,7 @@ def conditioning(
         raise ValueError(
             f"Prompts and infilling are for sequences, but this model's examples have shape {model.data_shape}."
         )
-    if not hasattr(codec, "encode"):
+    if not isinstance(codec, Tokenizer):
         raise ValueError(f"This model's data has no text form ({type(codec).__name__}), so it cannot take text.")
     device = next(model.parameters()).device
     if prompt is not None:

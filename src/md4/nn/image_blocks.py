@@ -11,6 +11,7 @@ embeddings of variance ``1 / features``), with the layers the release zero-initi
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -55,9 +56,12 @@ def validate_image_config(config: Any, network: str) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {config.dropout}.")
 
 
+_ZEROED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # the modules zeroed() marked
+
+
 def zeroed(module: nn.Module) -> nn.Module:
     """Mark ``module`` to be zero-initialised (weights and biases) by :meth:`ImageDenoiser.reset_parameters`."""
-    module.zero_init = True
+    _ZEROED.add(module)
     return module
 
 
@@ -143,7 +147,7 @@ class ImageDenoiser(nn.Module):
             elif isinstance(module, nn.GroupNorm) and module.affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-            if getattr(module, "zero_init", False):
+            if module in _ZEROED:
                 for p in module.parameters():
                     nn.init.zeros_(p)
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from md4.runs.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
 from md4.config import Config, ConfigError, apply_overrides, validate
 from md4.data import (
     Codec,
@@ -37,6 +36,7 @@ from md4.device import resolve_device
 from md4.files import link_leaving, write_atomic
 from md4.limits import MAX_CLASSES, MAX_VOCAB_SIZE, check_example_tokens
 from md4.models import DataSpec, build_model
+from md4.runs.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
 
 RUN_FILES = ("config.json", "data.json")
 LOCK_FILE = ".lock"

@@ -14,6 +14,8 @@ CATEGORICAL = ("float64", "float32-gumbel")
 
 MAX_GUIDANCE = 1000.0  # the largest classifier-free guidance weight: far beyond any in use; guided logits stay finite
 DEFAULT_SAMPLER = "ancestral"
+DEFAULT_GRID = "uniform"
+DEFAULT_GUIDANCE = 1.0  # classifier-free guidance weight: 1 conditions on the labels as trained
 DEFAULT_TOP_P = 0.98
 DEFAULT_CATEGORICAL = "float64"
 
@@ -33,9 +35,9 @@ class SamplingOptions:
     """The knobs shared by the samplers; each sampler reads those it uses."""
 
     steps: int = DEFAULT_STEPS
-    grid: str = "uniform"
-    top_p: float = 0.98
-    categorical: str = "float64"
+    grid: str = DEFAULT_GRID
+    top_p: float = DEFAULT_TOP_P
+    categorical: str = DEFAULT_CATEGORICAL
 
     def __post_init__(self) -> None:
         if int(self.steps) != self.steps or self.steps < 1:

@@ -29,6 +29,7 @@ from md4.models import DataSpec, build_model
 from md4.runs.checkpoints import list_checkpoints
 from md4.runs.metrics_log import MetricsLog
 from md4.sampling import sample
+from md4.sampling.labels import class_labels
 from md4.training.lifecycle import RESUMABLE_KEYS, RunLifecycle, check_resumable, config_differences
 from md4.training.loop import STOP_SIGNALS, TrainingDiverged, TrainResult, local_micro_batch, run_loop
 from md4.training.optimizer import (
@@ -208,9 +209,7 @@ class Trainer:
         rank 0 writes them (with a sharded model every rank draws the same samples alongside)."""
         if not (self.world.is_main or self.sharded):
             return None
-        labels = None
-        if self.model.num_classes is not None:
-            labels = torch.arange(self.t.num_samples, device=self.device) % self.model.num_classes
+        labels = class_labels(self.model.num_classes, self.t.num_samples, device=self.device)
         with distributed.gathered(self.ema.module) as model:
             out = sample(
                 model, self.t.num_samples, steps=self.t.sample_steps, labels=labels, seed=self.t.seed + self.step
@@ -274,13 +273,13 @@ def training_data(
 
     ``md4 train --nproc`` runs it once before it starts the processes, so that bad input is one sentence.
     """
-    from md4.data import open_dataset
+    from md4.data import open_dataset, prepared_of
 
     local_micro_batch(config.train.batch_size, config.train.grad_accum, processes)
     if resume:
         check_resumable(config, Path(run_dir), checkpoint_step)
     data = dataset or open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
-    prepared = getattr(data, "prepared", None)  # None for in-memory data
+    prepared = prepared_of(data)  # None for in-memory data
     if prepared is not None:
         for split in ("train", "valid"):  # a split changed on disk since it was prepared is refused
             prepared.verify(split)

@@ -1,0 +1,1 @@
+"""A run directory on disk: its files and lock, its checkpoints, and its metrics log."""
