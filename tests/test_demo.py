@@ -34,7 +34,7 @@ def test_the_text_demo_trains_evaluates_samples_and_writes_its_summary(tmp_path,
     assert started == [False, True] and again.outputs == result.outputs and again.test == result.test
 
 
-@pytest.mark.parametrize("conditional", [True, False])
+@pytest.mark.parametrize("conditional", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_the_image_demo_draws_its_pictures(conditional, tmp_path, monkeypatch, registry_images):
     monkeypatch.setenv("MD4_CACHE_DIR", str(registry_images))
     overrides = [*IMAGE_TINY, f"model.conditional={str(conditional).lower()}"]

@@ -89,7 +89,7 @@ def test_two_processes_reach_the_parameters_of_one(corpus, tmp_path, parallel):
     assert steps.count(6) == 2  # the train and valid lines of the last step, once each
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])  # one checkpoint format
 def test_resume_on_another_number_of_processes(corpus, tmp_path, parallel):
     """Three steps on two processes, then three more on one, land where six steps on one process land."""
     split = tmp_path / "split"

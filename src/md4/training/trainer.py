@@ -1,9 +1,10 @@
 """The Trainer: the parts of a training run put together, and how a validated config becomes one.
 
-The trainer is written against two small interfaces so other objectives and data slot in: the model is
-a module with ``loss(x, labels=) -> (scalar, metrics)`` and ``nelbo(x, labels=, generator=)`` that
-:func:`md4.sample` can draw from (its whole state dict is saved and averaged, so learned schedules slot
-in); the data is a :class:`md4.data.Dataset` (batches of ``(x, labels or None)`` of any shape, a codec).
+The trainer is written against two contracts so other objectives and data slot in: the model kind's
+(:mod:`md4.core.kind_contract`: its ``forward`` is the training loss, ``nelbo`` its bound, ``own_learning_rates``
+the parameters it trains at their own rate; :func:`md4.sample` draws the samples; its whole state dict is saved
+and averaged, so learned schedules slot in) and the data's (:class:`md4.data.Dataset`: batches of
+``(x, labels or None)`` of any shape, a codec).
 
 Its parts: the run folder's lifecycle (:mod:`md4.training.lifecycle`), what a checkpoint holds
 (:mod:`md4.training.state`), the optimiser (:mod:`md4.training.optimizer`), the parallel layout
