@@ -44,7 +44,6 @@ class MaskedDiffusion(nn.Module, ModelKindContract):
     training puts in place of a label with probability ``label_dropout`` so that sampling can guide
     (classifier-free guidance). A kind declares its name, bounds and samplers (:class:`ModelKindContract`)."""
 
-
     def __init__(
         self,
         denoiser: Denoiser,
