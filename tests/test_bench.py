@@ -17,11 +17,40 @@ TINY = ("net.dim=32", "net.n_layers=1", "net.n_heads=2", "data.seq_len=16", "tra
 def test_flops_per_token_matches_the_closed_form():
     config = build_config("shakespeare-char", list(TINY))
     d, hidden, vocab, seq, features = 32, 96, 84, 16, 256  # hidden: 8 * 32 // 3 = 85, rounded up to 32s
-    per_token = 3 * d * d + d * d + 3 * d * hidden + d * vocab  # qkv, out, w1 w3 w2, logits
+    masked = 0.5  # linear schedule: 1 - alpha(t) = (1 - 2 eps) t + eps, whose mean over t is 1/2
+    per_token = 3 * d * d + d * d + 3 * d * hidden + d * vocab * masked  # qkv, out, w1 w3 w2, logits where masked
     per_example = features * d + d * d + 6 * d * d + 2 * d * d  # time MLP, block and final adaLN modulations
     attention = 12 * 1 * seq * d
     expected = 6 * per_token + 6 * per_example / seq + attention
     assert bench.train_flops_per_token(config, DataSpec(vocab, (seq,))) == pytest.approx(expected)
+
+
+def test_the_output_layer_counts_at_the_mean_masked_fraction_of_the_schedule():
+    from md4.core.schedules import get_schedule
+
+    assert bench.mean_masked_fraction(get_schedule("linear", 1e-4)) == pytest.approx(0.5, abs=1e-9)
+    # cosine: 1 - alpha~(t) = cos(pi (1 - t) / 2), whose mean is 2 / pi
+    cosine = (1 - 2e-4) * (2 / math.pi) + 1e-4
+    assert bench.mean_masked_fraction(get_schedule("cosine", 1e-4)) == pytest.approx(cosine, abs=1e-6)
+
+
+def test_datasheet_peaks_match_the_most_specific_name():
+    assert bench.datasheet_peak("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
+    assert bench.datasheet_peak("NVIDIA H100 PCIe") == pytest.approx(756e12)
+    assert bench.datasheet_peak("NVIDIA H200") == pytest.approx(989.4e12)
+    assert bench.datasheet_peak("NVIDIA A100-SXM4-80GB") == pytest.approx(312e12)
+    assert bench.datasheet_peak("NVIDIA L40S") == pytest.approx(362.1e12)
+    assert bench.datasheet_peak("NVIDIA L4") == pytest.approx(121e12)
+    assert bench.datasheet_peak("Tesla V100-SXM2-16GB") is None
+
+
+def test_gpus_get_their_own_batches_and_the_openwebtext_row(monkeypatch):
+    assert "owt-gpt2-small" not in bench.default_models(torch.device("cpu"))
+    assert bench.default_models(torch.device("cuda")) == list(bench.MODELS)
+    assert bench.model_config(bench.MODELS["text8"], "bf16", "cpu").train.batch_size == 8
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bench.model_config(bench.MODELS["text8"], "bf16", "cuda").train.batch_size == 128
+    assert bench.model_config(bench.MODELS["owt-gpt2-small"], "bf16", "cuda").train.batch_size == 32
 
 
 def test_matmul_peak_is_positive_and_finite():
@@ -49,6 +78,14 @@ def test_one_tiny_training_row_is_sane(monkeypatch):
     }
     text = bench.format_report(report, markdown=True)
     assert "| tiny | bf16 | " in text and "| tiny | fp32 | failed |" in text
+    gpu = {**report, "machine": {**report["machine"], "device": "NVIDIA H100 80GB HBM3"}}
+    gpu["datasheet_bf16_flops"] = bench.datasheet_peak(gpu["machine"]["device"])
+    gpu["train"] = [{**gpu["train"][0], "mfu_datasheet": 0.5, "peak_cuda_mib": 2048.0}, gpu["train"][1]]
+    lines = bench.format_report(gpu, markdown=True).splitlines()
+    assert any("datasheet dense bf16 peak: 989.4 TFLOP/s" in line for line in lines)
+    row = next(line for line in lines if line.startswith("| tiny | bf16"))
+    assert row.endswith("| 50.0% | 2,048 |")
+    assert next(line for line in lines if line.startswith("| tiny | fp32")).count("failed") == 11
 
 
 def test_parser_accepts_the_options():
@@ -59,7 +96,7 @@ def test_parser_accepts_the_options():
     assert args.models == ["demo", "6x384"] and args.modes == ["fp32", "bf16-compile"] and args.sampling == []
     assert (args.steps, args.warmup, args.threads, args.device, args.markdown) == (3, 1, 2, "cpu", True)
     defaults = build_parser().parse_args(["bench"])
-    assert defaults.models == list(bench.MODELS) and defaults.modes == list(bench.MODES) and defaults.sampling is None
+    assert defaults.models is None and defaults.modes == list(bench.MODES) and defaults.sampling is None
 
 
 def test_unknown_model_is_one_clear_error(capsys):

@@ -23,10 +23,11 @@ def add_parser(subparsers) -> None:
         "--models",
         nargs="+",
         choices=list(MODELS),
-        default=list(MODELS),
         metavar="MODEL",
         help="demo (shakespeare-char, 4 x 192, batch 32 x 128), text8 (the release's 88.7M network, batch 8 x 256), "
-        "6x384 (text8 at 6 layers of width 384, batch 8 x 256); default: all",
+        "6x384 (text8 at 6 layers of width 384, batch 8 x 256), owt-gpt2-small (the release's 165.9M OpenWebText "
+        "network, batch 1 x 1024); on CUDA the batches are 256, 128, 128 and 32 rows; default: all but "
+        "owt-gpt2-small on a CPU, all on CUDA",
     )
     p.add_argument(
         "--modes",

@@ -1,19 +1,8 @@
-"""``md4 bench``: throughput, model FLOP utilisation (MFU) and peak memory of whole training steps.
-
-Each (model, mode) runs in a fresh process (``python -m md4.bench --one JOB``) so that its peak memory is its
-own. The machine's matrix-product peak of each precision is measured in the same run, and MFU is the model's
-FLOP rate over the peak of the precision it computes in. Models train on random tokens of their preset's
-vocabulary and shape: no dataset is read or downloaded, and the timings do not depend on the tokens.
-
-Model FLOPs per token: every ``nn.Linear`` counts ``6 x weights x (rows it is applied to) / tokens`` (forward
-2, backward 4), so per-token layers count ``6 x weights`` and per-example ones (the time MLP, the adaLN
-modulations) a ``1 / seq_len`` share of that; attention adds ``12 x n_layers x seq_len x dim`` (QK^T and
-attention-weighted V, forward and backward). Embedding lookups, norms and element-wise work are not counted.
-"""
+"""The benchmarks themselves: the models, the machine, its matrix-product peaks, FLOP counting and the timed
+training and sampling rows, each job in a process of its own (see :mod:`md4.bench`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -33,6 +22,7 @@ from md4.config import build_config, data_spec_guess
 from md4.data import ArrayDataset, RawCodec
 from md4.device import resolve_device
 from md4.models import DataSpec, build_model
+from md4.nn.contract import capabilities_of
 from md4.sampling import sample
 from md4.training import Trainer
 
@@ -45,23 +35,56 @@ MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16-compile": ("bf1
 
 @dataclass(frozen=True)
 class BenchModel:
-    """A benchmarked network: a preset with overrides, how many steps time it by default, and whether the
-    default suite times its sampling too (sampling the text8 network takes minutes on a CPU)."""
+    """A benchmarked network: a preset with overrides, how many steps time it by default, whether the default
+    suite times its sampling too (sampling the text8 network takes minutes on a CPU), its batch on a GPU (a CPU
+    batch leaves a GPU launch-bound), and the devices whose default suite includes it."""
 
     preset: str
     overrides: tuple[str, ...] = ()
     steps: int = 5
     warmup: int = 1
     sampled: bool = True
+    cuda_batch: int | None = None
+    devices: tuple[str, ...] = ("cpu", "cuda")
 
 
+SIX_BY_384 = ("net.n_layers=6", "net.dim=384", "net.n_heads=6")
 MODELS = {
-    "demo": BenchModel("shakespeare-char", (), steps=20, warmup=3),
-    "text8": BenchModel("text8", ("train.batch_size=8",), steps=3, warmup=1, sampled=False),
-    "6x384": BenchModel(
-        "text8", ("net.n_layers=6", "net.dim=384", "net.n_heads=6", "train.batch_size=8"), steps=5, warmup=2
+    "demo": BenchModel("shakespeare-char", (), steps=20, warmup=3, cuda_batch=256),
+    "text8": BenchModel("text8", ("train.batch_size=8",), steps=3, warmup=1, sampled=False, cuda_batch=128),
+    "6x384": BenchModel("text8", (*SIX_BY_384, "train.batch_size=8"), steps=5, warmup=2, cuda_batch=128),
+    "owt-gpt2-small": BenchModel(
+        "owt-gpt2-small", ("train.batch_size=1",), steps=5, warmup=2, sampled=False, cuda_batch=32, devices=("cuda",)
     ),
 }
+
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by a name fragment of torch.cuda.get_device_name
+# (the first fragment that matches; more specific names first).
+DATASHEET_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("H800", 989.4),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+    ("A10", 125.0),
+)
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    """The datasheet's dense bf16 peak (FLOP/s) of a GPU named ``device_name``, or None for one not listed."""
+    for fragment, tflops in DATASHEET_BF16_TFLOPS:
+        if fragment in device_name:
+            return tflops * 1e12
+    return None
+
+
+def default_models(device: torch.device) -> list[str]:
+    """The models the default suite benchmarks on this kind of device."""
+    return [name for name, model in MODELS.items() if device.type in model.devices]
 
 
 # ------------------------------------------------------------------ machine
@@ -123,7 +146,11 @@ def model_config(model: BenchModel, mode: str, device: str):
     """The preset's config with the model's overrides, the mode's precision and compile, and the device."""
     precision, compiled = MODES[mode]
     settings = [f"train.precision={precision}", f"train.compile={str(compiled).lower()}", f"train.device={device}"]
-    return build_config(model.preset, [*model.overrides, *settings])
+    overrides = list(model.overrides)
+    if model.cuda_batch and resolve_device(device).type == "cuda":
+        overrides = [o for o in overrides if not o.startswith("train.batch_size=")]
+        overrides.append(f"train.batch_size={model.cuda_batch}")
+    return build_config(model.preset, [*overrides, *settings])
 
 
 def random_dataset(spec: DataSpec, rows: int = DATASET_ROWS) -> ArrayDataset:
@@ -136,13 +163,16 @@ def train_flops_per_token(config, spec: DataSpec) -> float:
     """Model FLOPs of one training token (forward and backward; see the module's docstring), counted on the
     meta device: no memory, no arithmetic."""
     with torch.device("meta"):
-        denoiser = build_model(config, spec).denoiser.eval()
-    linear = 0
+        model = build_model(config, spec)
+    denoiser = model.denoiser.eval()
+    output = denoiser.logits if capabilities_of(denoiser).select else None  # applied at the masked rows alone
+    share = {output: mean_masked_fraction(model.schedule)}
+    linear = 0.0
     tokens = math.prod(spec.data_shape)
 
     def count(module, inputs, output):
         nonlocal linear
-        linear += 2 * inputs[0].numel() * module.out_features  # 2 x rows x in x out
+        linear += 2 * inputs[0].numel() * module.out_features * share.get(module, 1.0)  # 2 x rows x in x out
 
     hooks = [m.register_forward_hook(count) for m in denoiser.modules() if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():
@@ -151,6 +181,16 @@ def train_flops_per_token(config, spec: DataSpec) -> float:
         hook.remove()
     net = denoiser.config
     return 3 * linear / tokens + 12 * net.n_layers * tokens * net.dim
+
+
+def mean_masked_fraction(schedule, points: int = 4096) -> float:
+    """The mean over t ~ U(0, 1) of the masked fraction 1 - alpha(t) (midpoint rule): the share of positions
+    where training computes the output layer. A learned per-token schedule's share depends on the data, so its
+    output layer counts at every position (1)."""
+    if schedule.per_token:
+        return 1.0
+    t = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    return float(1.0 - schedule.alpha(t).mean())
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -196,12 +236,19 @@ def train_row(model: BenchModel, mode: str, device: str, steps: int | None = Non
 
 
 def timed_step(trainer: Trainer) -> float:
-    """Seconds of one ``Trainer.train_step``, its device work included."""
+    """Seconds of one ``Trainer.train_step``, its device work included: CUDA events around it on a GPU (the
+    device's own clock), the host's clock on the CPU."""
+    if trainer.device.type != "cuda":
+        start = time.perf_counter()
+        trainer.train_step()
+        return time.perf_counter() - start
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     synchronize(trainer.device)
-    start = time.perf_counter()
+    begin.record()
     trainer.train_step()
-    synchronize(trainer.device)
-    return time.perf_counter() - start
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / 1000.0
 
 
 def sampling_row(model: BenchModel, device: str) -> dict:
@@ -242,7 +289,7 @@ def run_in_child(job: dict) -> dict:
 
 
 def run_suite(
-    models=tuple(MODELS),
+    models=None,
     modes=tuple(MODES),
     sampled=None,
     device: str = "auto",
@@ -251,11 +298,12 @@ def run_suite(
     warmup: int | None = None,
     log=lambda line: print(line, file=sys.stderr),
 ) -> dict:
-    """Measure the peaks, then train each model in each mode and time the sampling of the ``sampled`` models
-    (None: those of ``models`` marked ``sampled``), each in a process of its own."""
+    """Measure the peaks, then train each model (None: :func:`default_models`) in each mode and time the sampling
+    of the ``sampled`` models (None: those of ``models`` marked ``sampled``), each in a process of its own."""
     begin = time.perf_counter()
-    sampled = [m for m in models if MODELS[m].sampled] if sampled is None else sampled
     where = resolve_device(device)
+    models = default_models(where) if models is None else models
+    sampled = [m for m in models if MODELS[m].sampled] if sampled is None else sampled
     if threads:
         torch.set_num_threads(threads)
     report = {"machine": machine(where), "peak_flops_start": measure_peaks(where), "train": [], "sampling": []}
@@ -271,9 +319,12 @@ def run_suite(
     report["peak_flops_end"] = measure_peaks(where)
     log(f"md4 bench: matrix-product peak {tflops(report['peak_flops_end'])} at the end")
     report["peak_flops"] = {p: max(report["peak_flops_start"][p], report["peak_flops_end"][p]) for p in DTYPES}
+    report["datasheet_bf16_flops"] = datasheet_peak(report["machine"]["device"]) if where.type == "cuda" else None
     for row in report["train"]:
         if "tflops" in row:
             row["mfu"] = row["tflops"] * 1e12 / report["peak_flops"][MODES[row["mode"]][0]]
+            if report["datasheet_bf16_flops"]:
+                row["mfu_datasheet"] = row["tflops"] * 1e12 / report["datasheet_bf16_flops"]
     report["wall_s"] = time.perf_counter() - begin
     return report
 
@@ -291,90 +342,3 @@ def summary(row: dict) -> str:
         return f"{row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:,.0f} MiB"
     compiled = f", compile {row['warmup_extra_s']:.0f} s" if MODES[row["mode"]][1] else ""
     return f"{row['seconds_per_step']:.3f} s/step{compiled}, peak RSS {row['peak_rss_mib']:,.0f} MiB"
-
-
-# ------------------------------------------------------------------- output
-TRAIN_COLUMNS = "model|mode|parameters|batch|s/step|tokens/s|MFLOP/token|TFLOP/s|MFU|compile (s)|peak RSS (MiB)"
-
-
-def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    """Rows as a markdown table, or as aligned columns for a terminal."""
-    if markdown:
-        rule = ["---" if i < 2 else "---:" for i in range(len(header))]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *rows])
-    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-        for cells in [header, *rows]
-    )
-
-
-def train_cells(row: dict, cuda: bool) -> list[str]:
-    """One training row's cells."""
-    if "error" in row:
-        return [row["model"], row["mode"]] + ["failed"] * (TRAIN_COLUMNS.count("|") - 1 + cuda)
-    compile_s = f"{row['warmup_extra_s']:.0f}" if MODES[row["mode"]][1] else "-"
-    cells = [
-        row["model"],
-        row["mode"],
-        f"{row['parameters']:,}",
-        f"{row['batch']} x {row['seq_len']}",
-        f"{row['seconds_per_step']:.3f}",
-        f"{row['tokens_per_second']:,.0f}",
-        f"{row['flops_per_token'] / 1e6:,.1f}",
-        f"{row['tflops']:.4f}",
-        f"{row['mfu']:.1%}",
-        compile_s,
-        f"{row['peak_rss_mib']:,.0f}",
-    ]
-    return cells + [f"{row['peak_cuda_mib']:,.0f}"] if cuda else cells
-
-
-def format_report(report: dict, markdown: bool = False) -> str:
-    """The machine, the peaks, the training table and the sampling table."""
-    m = report["machine"]
-    cuda = m["device"] != "cpu"
-    flags = ", ".join(f"{flag} {'yes' if m[flag] else 'no'}" for flag in ("amx_bf16", "avx512_bf16"))
-    peaks = ", ".join(
-        f"{p} {report['peak_flops'][p] / 1e12:.3f} (start {report['peak_flops_start'][p] / 1e12:.3f}, end "
-        f"{report['peak_flops_end'][p] / 1e12:.3f})"
-        for p in DTYPES
-    )
-    lines = [
-        f"{m['cpu']} ({flags}); torch {m['torch']}, {m['threads']} threads; device {m['device']}",
-        f"matrix-product peak, TFLOP/s, the better of two measurements: {peaks}",
-        f"suite wall time {report['wall_s']:.0f} s; MFU is over the peak of the mode's precision; compile: cold caches",
-        "",
-    ]
-    header = TRAIN_COLUMNS.split("|") + (["peak CUDA (MiB)"] if cuda else [])
-    lines.append(table(header, [train_cells(row, cuda) for row in report["train"]], markdown))
-    if report["sampling"]:
-        header = ["model", "sampling", "seconds", "peak RSS (MiB)"] + (["peak CUDA (MiB)"] if cuda else [])
-        rows = [sampling_cells(row, cuda) for row in report["sampling"]]
-        lines += ["", table(header, rows, markdown)]
-    return "\n".join(lines)
-
-
-def sampling_cells(row: dict, cuda: bool) -> list[str]:
-    """One sampling row's cells."""
-    if "error" in row:
-        return [row["model"]] + ["failed"] * (3 + cuda)
-    cells = [
-        row["model"],
-        f"{row['samples']} x {row['steps']} steps, fp32",
-        f"{row['seconds']:.1f}",
-        f"{row['peak_rss_mib']:,.0f}",
-    ]
-    return cells + [f"{row['peak_cuda_mib']:,.0f}"] if cuda else cells
-
-
-def main() -> None:
-    """``python -m md4.bench --one JOB``: run one job (JSON) and print its result as one JSON line."""
-    parser = argparse.ArgumentParser(description="One md4 bench job, in a process of its own (used by md4 bench).")
-    parser.add_argument("--one", required=True, metavar="JOB", help="the job as JSON")
-    result = run_job(json.loads(parser.parse_args().one))
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()
