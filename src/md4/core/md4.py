@@ -105,8 +105,8 @@ class MD4(MaskedDiffusion):
 
     def _masked_log_likelihood(self, x, z, t, labels):
         """sum over masked n of log mu(z_t, t)[n, x_n], per sequence [B]."""
-        masked, logp = self.masked_log_probs(z, t, labels)
-        return self.sum_masked(masked, logp.gather(-1, x[masked].unsqueeze(-1)).squeeze(-1))
+        index, logp_x, _ = self.masked_log_probs(x, z, t, labels)
+        return self.sum_masked(index, logp_x, x.shape)
 
     # ----------------------------------------------------------------- losses
     def continuous_loss(
