@@ -197,12 +197,20 @@ class Trainer:
         return {**sums, "lr": lr, "grad_norm": grad_norm}
 
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, Any]:
-        """The EMA model's bound on ``split``; the ranks share the batches and agree on the result (with a
-        sharded model every rank runs every batch, since each forward pass gathers weights from all)."""
+        """The EMA model's bound on ``split`` in micro-batches of the training micro-batch's rows; the ranks share
+        the batches and agree on the result (with a sharded model in lockstep, as each forward pass gathers
+        weights from all)."""
         batches = self.data.eval_batches(split, self.t.batch_size, max_batches or self.t.eval_batches)
         with distributed.gathered(self.ema.module) as model:
-            world = None if self.sharded else self.world
-            estimate = estimate_nelbo(model, batches, seed=self.t.seed, precision=self.t.precision, world=world)
+            estimate = estimate_nelbo(
+                model,
+                batches,
+                seed=self.t.seed,
+                precision=self.t.precision,
+                world=self.world,
+                micro_batch=self.micro_batch,
+                lockstep=self.sharded,
+            )
         return estimate.to_dict()
 
     def write_samples(self) -> Path | None:
