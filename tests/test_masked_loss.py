@@ -138,3 +138,24 @@ def test_the_transformer_selects_by_index_as_by_mask():
     torch.testing.assert_close(by_index, net(z, t)[mask])  # a matrix product of other rows: equal to rounding
     with pytest.raises(ValueError, match="1-D integer index"):
         net(z, t, select=torch.zeros(2, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kind", ["md4", "genmd4"])
+def test_a_compiled_denoiser_has_one_graph_for_every_masked_count(kind):
+    """The masked positions arrive as an index of any length M: no graph break and no recompile across steps
+    (the boolean selection broke the graph at its nonzero and recompiled for the second M)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model(kind)
+    model.denoiser = torch.compile(model.denoiser, backend="eager")  # dynamo's graphs, without code generation
+    try:
+        for seed in range(4):  # a new masked count M at each step
+            x = torch.randint(0, 11, (4, 12), generator=torch.Generator().manual_seed(seed))
+            loss, _ = model.loss(x, generator=torch.Generator().manual_seed(seed))
+            loss.backward()
+        assert not counters["graph_break"] and not counters["recompiles"]
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()

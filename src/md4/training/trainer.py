@@ -33,6 +33,7 @@ from md4.sampling import sample
 from md4.sampling.labels import class_labels
 from md4.training.lifecycle import RESUMABLE_KEYS, RunLifecycle, check_resumable, config_differences
 from md4.training.loop import STOP_SIGNALS, TrainingDiverged, TrainResult, local_micro_batch, run_loop
+from md4.training.memory import fit_to_device
 from md4.training.optimizer import (
     EMA,
     build_optimizer,
@@ -265,6 +266,8 @@ def build_trainer(
         data = dataset or open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
     torch.manual_seed(config.train.seed)
     model = build_model(config, DataSpec.of(data))
+    if not resume:  # a resumed run keeps the grad_accum its config records
+        config = fit_to_device(config, model, world)
     return Trainer(config, model, data, run_dir, resume, progress, checkpoint_step, world)
 
 
