@@ -121,3 +121,11 @@ def test_on_a_gpu_the_free_memory_decides_and_elsewhere_nothing_changes(monkeypa
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 * GIB, 80 * GIB))
     with pytest.warns(MD4Warning, match="this device's 80.0 GiB free"):
         assert memory.fit_to_device(config, model, World()).train.grad_accum == 2
+
+
+def test_every_preset_names_the_hardware_it_assumes():
+    from importlib.resources import files
+
+    for preset in files("md4.presets").iterdir():
+        if preset.name.endswith(".toml"):
+            assert "\n# Hardware: " in preset.read_text(), preset.name
