@@ -191,7 +191,9 @@ def log_probs_at(
     parts = []
     for chunk, chunk_targets in zip(logits.split(rows), targets.split(rows), strict=True):
         if recompute:
-            parts.append(checkpoint(_terms, chunk, chunk_targets, weights, use_reentrant=False))
+            parts.append(
+                checkpoint(_terms, chunk, chunk_targets, weights, use_reentrant=False, preserve_rng_state=False)
+            )
         else:
             parts.append(_terms(chunk, chunk_targets, weights))
     logp_x = torch.cat([p[0] for p in parts])
