@@ -80,7 +80,9 @@ def test_two_processes_reach_the_parameters_of_one(corpus, tmp_path, parallel):
     assert_same_parameters(tmp_path / "one", tmp_path / "two")
     assert [r["step"] for r in valid_records(tmp_path / "two")] == [3, 6]
     for a, b in zip(valid_records(tmp_path / "one"), valid_records(tmp_path / "two"), strict=True):
-        assert a["num_sequences"] == b["num_sequences"] > 16  # three batches of 8 (DDP: two on rank 0, one on 1)
+        assert (
+            a["num_sequences"] == b["num_sequences"] > 16
+        )  # three batches of 8: two on rank 0, one on 1 (FSDP2: which repeats a micro-batch to keep in step)
         assert a["nelbo"] == pytest.approx(b["nelbo"], rel=1e-5)
     samples = sorted(p.name for p in (tmp_path / "two" / "samples").iterdir())
     assert samples == sorted(p.name for p in (tmp_path / "one" / "samples").iterdir()) and len(samples) == 2

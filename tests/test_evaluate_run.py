@@ -67,3 +67,12 @@ def test_evaluate_run_reports_each_bound_and_can_skip_the_discrete_one(text_run)
         ("start", "discrete T=4"),
         ("end", "discrete T=4"),
     ]
+
+
+def test_evaluate_run_gives_the_same_bounds_in_any_micro_batch(text_run):
+    """md4 eval's default micro-batch (the run's training micro-batch) and one sequence at a time."""
+    whole = evaluate_run(text_run, max_batches=2, steps=10, seed=3)
+    split = evaluate_run(text_run, max_batches=2, steps=10, seed=3, micro_batch=1)
+    for name, estimate in whole.bounds.items():
+        assert split.bounds[name].nelbo == pytest.approx(estimate.nelbo, rel=1e-6)
+        assert split.bounds[name].num_sequences == estimate.num_sequences

@@ -82,7 +82,9 @@ def test_adaln_zero_starts_uniform_then_learns():
 
 def test_time_independent_ignores_t():
     model = randomize(Transformer(tiny(time_conditioning="none")))
-    assert model.capabilities == DenoiserCapabilities(select=True, time_independent=True, checkpointing=True)
+    assert model.capabilities == DenoiserCapabilities(
+        select=True, select_index=True, time_independent=True, checkpointing=True
+    )
     assert not Transformer.capabilities.time_independent  # declared per instance, from the config
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
     z, t = inputs()

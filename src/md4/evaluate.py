@@ -4,12 +4,13 @@ evaluation of a run on its held-out data (:mod:`md4.held_out`) that ``md4 eval``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 
 from md4.core.kind_contract import DISCRETE, ModelKindContract
+from md4.core.noise import BatchShard
 from md4.core.units import bits_per_token, perplexity
 from md4.data import (
     Batch,
@@ -77,32 +78,37 @@ def estimate_nelbo(
     seed: int = 0,
     precision: str = "fp32",
     world: World | None = None,
+    micro_batch: int | None = None,
+    lockstep: bool = False,
 ) -> BoundEstimate:
     """Average ``draws`` NELBO draws per sequence (fixed seed), then the mean and standard error over sequences.
 
     ``batches`` yield ``(x, labels or None)``; labels reach only a conditional model. ``num_steps=None``
-    estimates the continuous-time bound (paper Eq. 4), an integer T the discrete-time one (Eq. 3).
-    With a ``world`` of several processes each takes every size-th batch and they pool the values: the same
-    estimate as one process.
+    estimates the continuous-time bound (paper Eq. 4), an integer T the discrete-time one (Eq. 3). Each batch is
+    evaluated in micro-batches of at most ``micro_batch`` rows (None: the whole batch) with row-addressed noise
+    (:class:`md4.core.noise.BatchShard`), so the estimate does not depend on the split. With a ``world`` of several
+    processes each takes every size-th batch and they pool the values: the same estimate as one process. With
+    ``lockstep`` (a sharded model, whose every forward pass gathers weights from all processes) every process
+    makes the same number of forward passes, repeating a micro-batch whose result it discards where it has less
+    to do.
     """
     if draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws}.")
+    if micro_batch is not None and micro_batch < 1:
+        raise ValueError(f"micro_batch must be a positive integer, got {micro_batch}.")
     world = world or World()
-    device = next(model.parameters()).device
+    evaluate = _BatchEvaluator(model, draws, num_steps, seed, precision, micro_batch)
     per_batch: list[tuple[int, torch.Tensor]] = []
     tokens = None
-    for index, (x, labels) in enumerate(batches):
-        tokens = x[0].numel()
-        if index % world.size != world.rank:
-            continue
-        generator = torch.Generator(device=device).manual_seed(derived_seed(seed, index))  # any process, same draws
-        x = x.to(device)
-        labels = None if labels is None or model.num_classes is None else labels.to(device)
-        with autocast(device, precision):
-            total = sum(
-                model.nelbo(x, labels=labels, num_steps=num_steps, generator=generator).double() for _ in range(draws)
-            )
-        per_batch.append((index, (total / draws).cpu()))
+    for batch_round in _rounds(batches, world.size):
+        tokens = batch_round[0][1][0][0].numel()
+        mine = [(index, batch) for index, batch in batch_round if index % world.size == world.rank]
+        for index, (x, labels) in mine:
+            per_batch.append((index, evaluate(x, labels, index)))
+        if lockstep:
+            calls = max(evaluate.calls(x.shape[0]) for _, (x, _) in batch_round)
+            done = sum(evaluate.calls(x.shape[0]) for _, (x, _) in mine)
+            evaluate.idle(batch_round[0][1], calls - done)
     if tokens is None:
         raise ValueError("No evaluation data: the split is empty or shorter than one sequence.")
     if world.distributed:
@@ -117,6 +123,64 @@ def estimate_nelbo(
     return BoundEstimate(float(values.mean()), stderr, len(values), tokens, draws, num_steps)
 
 
+def _rounds(batches: Iterable[Batch], size: int) -> Iterator[list[tuple[int, Batch]]]:
+    """The numbered batches in rounds of ``size``: one batch per process (the last round may be short)."""
+    batch_round: list[tuple[int, Batch]] = []
+    for index, batch in enumerate(batches):
+        batch_round.append((index, batch))
+        if len(batch_round) == size:
+            yield batch_round
+            batch_round = []
+    if batch_round:
+        yield batch_round
+
+
+class _BatchEvaluator:
+    """The mean of ``draws`` NELBO draws per sequence of one batch, in micro-batches of at most ``micro_batch``
+    rows; batch ``index`` draws its noise from a generator seeded by (seed, index), on any process."""
+
+    def __init__(self, model, draws: int, num_steps: int | None, seed: int, precision: str, micro_batch: int | None):
+        self.model, self.draws, self.num_steps, self.seed = model, draws, num_steps, seed
+        self.precision, self.micro_batch = precision, micro_batch
+        self.device = next(model.parameters()).device
+
+    def calls(self, rows: int) -> int:
+        """The forward passes a batch of ``rows`` takes."""
+        return self.draws * (1 if self.micro_batch is None else math.ceil(rows / self.micro_batch))
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, index: int) -> torch.Tensor:
+        rows = x.shape[0]
+        step = rows if self.micro_batch is None else self.micro_batch
+        x = x.to(self.device)
+        labels = None if labels is None or self.model.num_classes is None else labels.to(self.device)
+        parts = []
+        for start in range(0, rows, step):
+            # One micro-batch draws exactly the noise of the whole batch; several draw its rows of that noise.
+            shard = None if step >= rows else BatchShard(start, rows)
+            generator = torch.Generator(device=self.device).manual_seed(derived_seed(self.seed, index))
+            part = None if labels is None else labels[start : start + step]
+            parts.append(self._draws(x[start : start + step], part, generator, shard) / self.draws)
+        return torch.cat(parts).cpu()
+
+    def _draws(self, x, labels, generator, shard) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return sum(
+                self.model.nelbo(x, labels=labels, num_steps=self.num_steps, generator=generator, shard=shard).double()
+                for _ in range(self.draws)
+            )
+
+    def idle(self, batch: Batch, calls: int) -> None:
+        """``calls`` forward passes whose results are discarded (a sharded model's processes keep in step)."""
+        x, labels = batch
+        step = x.shape[0] if self.micro_batch is None else self.micro_batch
+        x = x[:step].to(self.device)
+        labels = None if labels is None or self.model.num_classes is None else labels[:step].to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        for _ in range(calls):
+            with autocast(self.device, self.precision):
+                self.model.nelbo(x, labels=labels, num_steps=self.num_steps, generator=generator)
+
+
 @dataclass
 class RunEvaluation:
     """The bounds of a run on held-out data: ``continuous`` and, for a kind that has it, ``discrete``."""
@@ -128,6 +192,12 @@ class RunEvaluation:
         return {"data": self.data, **{name: estimate.to_dict() for name, estimate in self.bounds.items()}}
 
 
+def training_micro_batch(train) -> int:
+    """The rows one process computes at once in training (``train.batch_size / train.grad_accum`` for one
+    process): what fits in memory for the forward pass of evaluation too."""
+    return max(1, train.batch_size // train.grad_accum)
+
+
 Progress = Callable[[str, HeldOut], Iterable[Batch]]  # (bound's label, its data) -> the batches to evaluate
 
 
@@ -137,6 +207,7 @@ def evaluate_run(
     split: str = "test",
     *,
     batch_size: int | None = None,
+    micro_batch: int | None = None,
     draws: int = 1,
     steps: int | None = DEFAULT_BOUND_STEPS,
     max_batches: int | None = None,
@@ -147,13 +218,15 @@ def evaluate_run(
 ) -> RunEvaluation:
     """Estimate a loaded run's continuous-time bound (Eq. 4) and, when its kind has one and ``steps`` is not None,
     the discrete-time bound with T = ``steps`` (Eq. 3) on held-out data (:func:`held_out_batches`; batches of
-    the run's batch size by default), each with :func:`estimate_nelbo`.
+    the run's batch size by default), each with :func:`estimate_nelbo`, in micro-batches of at most
+    ``micro_batch`` rows (default: the run's training micro-batch, ``train.batch_size / train.grad_accum``).
 
     ``progress(label, held_out)`` is called as each bound starts and returns the batches to use (e.g. wrapped
     in a progress bar); ``on_bound(label, estimate)`` as each one ends. Labels are ``continuous`` and
     ``discrete T=steps``.
     """
     batch_size = batch_size or run.config.train.batch_size
+    micro_batch = micro_batch or training_micro_batch(run.config.train)
     bounds = [("continuous", "continuous", None)]
     if steps is not None and has_discrete_bound(run.model):
         bounds.append(("discrete", f"discrete T={steps}", steps))
@@ -162,7 +235,13 @@ def evaluate_run(
         held_out = held_out_batches(run, data, split, batch_size, max_batches)
         batches = held_out.batches if progress is None else progress(label, held_out)
         estimates[name] = estimate_nelbo(
-            run.model, batches, draws=draws, num_steps=num_steps, seed=seed, precision=precision
+            run.model,
+            batches,
+            draws=draws,
+            num_steps=num_steps,
+            seed=seed,
+            precision=precision,
+            micro_batch=micro_batch,
         )
         description = held_out.description
         if on_bound is not None:

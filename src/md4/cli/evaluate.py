@@ -35,6 +35,12 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--max-batches", type=int, help="evaluate only this many batches (default: all)")
     p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch size)")
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        help="sequences per forward pass; any split gives the same numbers (default: the run's training "
+        "micro-batch, train.batch_size / train.grad_accum)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
     add_model_options(p)
@@ -44,7 +50,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("batch_size", "steps", "max_batches", "draws"):
+    for name in ("batch_size", "micro_batch", "steps", "max_batches", "draws"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     weights = "raw" if args.no_ema else "EMA"
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         args.data,
         args.split,
         batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
         draws=args.draws,
         steps=args.steps,
         max_batches=args.max_batches,

@@ -152,13 +152,11 @@ class GenMD4(MaskedDiffusion):
 
     def _integrand(self, x, z, t, labels):
         """The integrand from the network's log mu at the masked positions only (see masked_log_probs)."""
-        masked, logp = self.masked_log_probs(z, t.float(), labels)
         w = self.schedule.exponents
-        x_masked = x[masked]
-        logp_x = logp.gather(-1, x_masked.unsqueeze(-1)).squeeze(-1)
-        mean_w = (logp.exp() * w).sum(-1)  # sum_v mu_n[v] w_v
-        t_masked = self._expand(t.float(), x).expand(x.shape)[masked]
-        return self.sum_masked(masked, (mean_w - w[x_masked] * (logp_x + 1.0)) / t_masked)
+        index, logp_x, mean_w = self.masked_log_probs(x, z, t.float(), labels, weights=w)  # mean_w: sum_v mu_n[v] w_v
+        w_x = w.index_select(0, x.flatten().index_select(0, index))
+        t_masked = t.float().index_select(0, torch.div(index, x[0].numel(), rounding_mode="floor"))
+        return self.sum_masked(index, (mean_w - w_x * (logp_x + 1.0)) / t_masked, x.shape)
 
     def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
         """-E log p(x | z_{t1}) with p(v | masked) proportional to t1^{w_v}, per sequence [B]:

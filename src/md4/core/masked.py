@@ -9,12 +9,14 @@ per sequence.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from md4.core.kind_contract import ModelKindContract
 from md4.core.noise import BatchShard, uniform_rows
@@ -23,6 +25,9 @@ from md4.core.tokens import check_tokens
 from md4.nn.contract import capabilities_of
 
 Denoiser = Callable[..., torch.Tensor]
+# float32 elements of one chunk of the loss's log-softmax (256 MB): rows = this // V, so every vocabulary up to
+# ~65k tokens normalises 1000+ rows at once and a small one (text8, images) all of a batch's rows in one chunk.
+LOSS_CHUNK_ELEMENTS = 1 << 26
 
 
 @dataclass
@@ -64,6 +69,7 @@ class MaskedDiffusion(nn.Module, ModelKindContract):
         self.label_dropout = float(label_dropout)
 
     forward = ModelKindContract.training_objective
+    loss_chunk_elements = LOSS_CHUNK_ELEMENTS  # see log_probs_at
 
     def training_labels(
         self, labels: torch.Tensor | None, generator=None, shard: BatchShard | None = None
@@ -106,30 +112,89 @@ class MaskedDiffusion(nn.Module, ModelKindContract):
             raise ValueError(f"The denoiser returned logits of shape {tuple(logits.shape)}; expected {expected}.")
         return logits
 
-    def masked_log_probs(
-        self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(masked [B, *shape], log mu [M, V])``: log mu_theta(z_t, t) in float32 at the M masked positions
-        only, in row-major order, which is all the NELBO needs (unmasked positions carry no loss, Eq. 4).
+    def masked_index(self, z: torch.Tensor) -> torch.Tensor:
+        """The flat row-major positions [M] of z's masked tokens: one ``nonzero`` (one host sync on a GPU) that
+        every selection of a step reuses through ``index_select``."""
+        index = (z == self.mask_id).flatten().nonzero().squeeze(1)
+        if "torch._dynamo" in sys.modules:  # torch.compile was used: a compiled denoiser takes any M unrecompiled
+            sys.modules["torch._dynamo"].maybe_mark_dynamic(index, 0)
+        return index
 
-        A denoiser that declares ``select`` computes its output layer at those positions alone (for a large
-        vocabulary most of a step's logits work); any other has its full logits indexed. Either way only the
-        masked share is upcast to float32 and normalised.
+    def masked_logits(
+        self, z: torch.Tensor, t: torch.Tensor, index: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The denoiser's logits [M, V] at the positions ``index`` (:meth:`masked_index`), in its own dtype.
+
+        A denoiser that declares ``select_index`` (or ``select``, given the boolean mask) computes its output
+        layer at those positions alone (for a large vocabulary most of a step's logits work); any other has its
+        full logits indexed.
         """
-        masked = z == self.mask_id
-        if capabilities_of(self.denoiser).select:
-            logits = self.denoiser(z, t, labels=labels, select=masked)
+        capabilities = capabilities_of(self.denoiser)
+        if capabilities.select_index:
+            logits = self.denoiser(z, t, labels=labels, select=index)
+        elif capabilities.select:
+            logits = self.denoiser(z, t, labels=labels, select=z == self.mask_id)
         else:
-            logits = self.logits(z, t, labels)[masked]
+            logits = self.logits(z, t, labels).reshape(-1, self.vocab_size).index_select(0, index)
         if logits.dim() != 2 or logits.shape[-1] != self.vocab_size:
             raise ValueError(
                 f"The denoiser returned selected logits of shape {tuple(logits.shape)}; "
                 f"expected [M, {self.vocab_size}]."
             )
-        return masked, F.log_softmax(logits.float(), dim=-1)
+        return logits
+
+    def masked_log_probs(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(index [M], log mu[n, x_n] [M], sum_v mu[n, v] weights_v [M] or None)`` at the M masked positions of
+        z_t in row-major order (:meth:`masked_index`), in float32: all the NELBO needs (unmasked positions carry no
+        loss, Eq. 4). The log-softmax runs in row chunks (:func:`log_probs_at`), so its memory is bounded."""
+        index = self.masked_index(z)
+        logits = self.masked_logits(z, t, index, labels)
+        targets = x.flatten().index_select(0, index)
+        return (index, *log_probs_at(logits, targets, weights, self.loss_chunk_elements))
 
     @staticmethod
-    def sum_masked(masked: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Per-sequence sums [B] of ``values`` [M] given at the masked positions of ``masked`` [B, *shape]."""
-        full = torch.zeros(masked.shape, dtype=values.dtype, device=values.device)
-        return full.masked_scatter(masked, values).flatten(1).sum(1)
+    def sum_masked(index: torch.Tensor, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Per-sequence sums [B] of ``values`` [M] given at the flat positions ``index`` of a batch of ``shape``."""
+        full = torch.zeros(shape.numel(), dtype=values.dtype, device=values.device)
+        return full.index_copy(0, index, values).view(shape[0], -1).sum(1)
+
+
+def _terms(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None):
+    """log mu[n, x_n] and, with ``weights``, sum_v mu[n, v] weights_v, for rows of logits, in float32."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    logp_x = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logp_x, None if weights is None else (logp.exp() * weights).sum(-1)
+
+
+def log_probs_at(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    chunk_elements: int = LOSS_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(log softmax(logits)[n, targets_n], sum_v softmax(logits)[n, v] weights_v or None)`` [M] each, in float32,
+    computed in chunks of ``chunk_elements // V`` rows, so the float32 [rows, V] temporaries stay within
+    ``chunk_elements`` whatever M. With gradients on, each chunk is recomputed in the backward pass (nothing of
+    size [M, V] in float32 is kept); one chunk gives exactly the unchunked values, several the same values row by
+    row."""
+    rows = max(1, chunk_elements // logits.shape[-1])
+    if logits.shape[0] <= rows:
+        return _terms(logits, targets, weights)
+    recompute = torch.is_grad_enabled() and (logits.requires_grad or (weights is not None and weights.requires_grad))
+    parts = []
+    for chunk, chunk_targets in zip(logits.split(rows), targets.split(rows), strict=True):
+        if recompute:
+            parts.append(
+                checkpoint(_terms, chunk, chunk_targets, weights, use_reentrant=False, preserve_rng_state=False)
+            )
+        else:
+            parts.append(_terms(chunk, chunk_targets, weights))
+    logp_x = torch.cat([p[0] for p in parts])
+    return logp_x, None if weights is None else torch.cat([p[1] for p in parts])

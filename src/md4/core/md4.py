@@ -105,8 +105,8 @@ class MD4(MaskedDiffusion):
 
     def _masked_log_likelihood(self, x, z, t, labels):
         """sum over masked n of log mu(z_t, t)[n, x_n], per sequence [B]."""
-        masked, logp = self.masked_log_probs(z, t, labels)
-        return self.sum_masked(masked, logp.gather(-1, x[masked].unsqueeze(-1)).squeeze(-1))
+        index, logp_x, _ = self.masked_log_probs(x, z, t, labels)
+        return self.sum_masked(index, logp_x, x.shape)
 
     # ----------------------------------------------------------------- losses
     def continuous_loss(
@@ -136,6 +136,7 @@ class MD4(MaskedDiffusion):
         num_steps: int,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """One-sample estimate of the diffusion term of L_T (paper Eq. 3), nats per sequence [B].
 
@@ -145,12 +146,12 @@ class MD4(MaskedDiffusion):
         self._check_input(x)
         if int(num_steps) != num_steps or num_steps < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps}.")
-        u = antithetic_times(x.shape[0], x.device, generator)
+        u = antithetic_times(x.shape[0], x.device, generator, shard)
         step = torch.clamp(torch.floor(u * num_steps), max=num_steps - 1) + 1  # i in 1..T
         t, s = (step / num_steps).double(), ((step - 1) / num_steps).double()
         alpha_t, alpha_s = self.schedule.alpha(t), self.schedule.alpha(s)
         weight = -torch.expm1(log_snr(alpha_t) - log_snr(alpha_s)) * alpha_s
-        z = self.forward_sample(x, t.float(), generator)
+        z = self.forward_sample(x, t.float(), generator, shard)
         return -num_steps * weight.float() * self._masked_log_likelihood(x, z, t.float(), labels)
 
     def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,9 +181,7 @@ class MD4(MaskedDiffusion):
         if num_steps is None:
             diffusion = self.continuous_loss(x, labels=labels, generator=generator, shard=shard)
         else:
-            if shard is not None:
-                raise ValueError("The discrete-time bound is for evaluation; draw it without a shard.")
-            diffusion = self.discrete_loss(x, num_steps, labels=labels, generator=generator)
+            diffusion = self.discrete_loss(x, num_steps, labels=labels, generator=generator, shard=shard)
         return diffusion + self.reconstruction_loss(x)
 
     def loss(

@@ -21,6 +21,9 @@ class DenoiserCapabilities:
     """What a denoiser declares beyond the plain call."""
 
     select: bool = False  # ``denoiser(z, t, labels=, select=mask)`` gives the logits [M, V] of the selected positions
+    # ``select=index`` also takes a LongTensor [M] of positions in ``z.flatten()`` (row-major), which the loss
+    # computes once per step: no boolean indexing, so no host sync and no graph break under torch.compile
+    select_index: bool = False
     time_independent: bool = False  # the output ignores t, so samplers may reuse it while z is unchanged
     checkpointing: bool = False  # has a ``checkpointing`` switch: recompute each block's activations in backward
 

@@ -186,7 +186,7 @@ class Transformer(nn.Module):
     samplers cache logits between steps where nothing was unmasked.
     """
 
-    capabilities = DenoiserCapabilities(select=True, checkpointing=True)
+    capabilities = DenoiserCapabilities(select=True, select_index=True, checkpointing=True)
     # Activation checkpointing: with gradients on, each block's activations are recomputed in the backward
     # pass (torch.utils.checkpoint, dropout masks replayed), about one more forward pass for much less memory.
     checkpointing = False
@@ -301,12 +301,27 @@ class Transformer(nn.Module):
             )
         check_time_and_labels(t, labels, batch, self.config.num_classes)
 
+    @staticmethod
+    def _flat_index(select: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Flat row-major positions [M] from ``select``: already such an index, or a boolean mask of z's shape."""
+        if select.dtype == torch.bool:
+            if select.shape != z.shape:
+                raise ValueError(f"select must have z's shape {tuple(z.shape)}, got {tuple(select.shape)}.")
+            return select.flatten().nonzero().squeeze(1)
+        if select.dim() != 1 or select.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"select must be a boolean mask of z's shape or a 1-D integer index, got {select.dtype} "
+                f"of shape {tuple(select.shape)}."
+            )
+        return select
+
     def forward(
         self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, select: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits ``[B, *shape, V]`` over the real tokens for every position of ``z``; with a boolean ``select``
-        of z's shape, the logits ``[M, V]`` of its M selected positions alone, in row-major order (the same as
-        indexing the full logits with it), so the output layer runs only where a loss needs it.
+        of z's shape, or the 1-D index of its positions in ``z.flatten()`` (no host sync), the logits ``[M, V]`` of
+        the M selected positions alone, in that order (the same as indexing the full logits), so the output
+        layer runs only where a loss needs it.
 
         Token ranges are not checked here (that would sync the GPU); the diffusion wrapper does it.
         """
@@ -344,7 +359,5 @@ class Transformer(nn.Module):
             shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
             x = _modulate(x, shift, scale)
         if select is not None:
-            if select.shape != z.shape:
-                raise ValueError(f"select must have z's shape {tuple(z.shape)}, got {tuple(select.shape)}.")
-            return self.logits(x[select.reshape(batch, -1)])
+            return self.logits(x.reshape(-1, x.shape[-1]).index_select(0, self._flat_index(select, z)))
         return self.logits(x).reshape(batch, *shape, self.vocab_size)

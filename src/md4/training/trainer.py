@@ -33,6 +33,7 @@ from md4.sampling import sample
 from md4.sampling.labels import class_labels
 from md4.training.lifecycle import RESUMABLE_KEYS, RunLifecycle, check_resumable, config_differences
 from md4.training.loop import STOP_SIGNALS, TrainingDiverged, TrainResult, local_micro_batch, run_loop
+from md4.training.memory import fit_to_device
 from md4.training.optimizer import (
     EMA,
     build_optimizer,
@@ -197,12 +198,20 @@ class Trainer:
         return {**sums, "lr": lr, "grad_norm": grad_norm}
 
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, Any]:
-        """The EMA model's bound on ``split``; the ranks share the batches and agree on the result (with a
-        sharded model every rank runs every batch, since each forward pass gathers weights from all)."""
+        """The EMA model's bound on ``split`` in micro-batches of the training micro-batch's rows; the ranks share
+        the batches and agree on the result (with a sharded model in lockstep, as each forward pass gathers
+        weights from all)."""
         batches = self.data.eval_batches(split, self.t.batch_size, max_batches or self.t.eval_batches)
         with distributed.gathered(self.ema.module) as model:
-            world = None if self.sharded else self.world
-            estimate = estimate_nelbo(model, batches, seed=self.t.seed, precision=self.t.precision, world=world)
+            estimate = estimate_nelbo(
+                model,
+                batches,
+                seed=self.t.seed,
+                precision=self.t.precision,
+                world=self.world,
+                micro_batch=self.micro_batch,
+                lockstep=self.sharded,
+            )
         return estimate.to_dict()
 
     def write_samples(self) -> Path | None:
@@ -257,6 +266,8 @@ def build_trainer(
         data = dataset or open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
     torch.manual_seed(config.train.seed)
     model = build_model(config, DataSpec.of(data))
+    if not resume:  # a resumed run keeps the grad_accum its config records
+        config = fit_to_device(config, model, world)
     return Trainer(config, model, data, run_dir, resume, progress, checkpoint_step, world)
 
 
