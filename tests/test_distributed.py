@@ -254,3 +254,37 @@ def test_ctrl_c_to_md4_train_nproc_stops_cleanly_with_the_one_process_exit_code(
     assert launcher.returncode == 130, err[-3000:]
     assert "stopped by SIGINT" in out and "Traceback" not in err
     assert len(list_checkpoints(run_dir)) == 1
+
+
+@pytest.mark.slow  # three runs, two of them compiled (about a minute on two cores)
+def test_compiled_runs_write_the_checkpoints_of_plain_ones(corpus, tmp_path):
+    """train.compile=true on two FSDP2 processes (compiled after sharding) and on one process saves the files an
+    uncompiled run saves: the same names, the same values up to the compiler's rounding (issue 22's KeyError)."""
+    extra = ["train.steps=3", "train.sample_every=3"]
+    two = run(md4_command(corpus, tmp_path / "two", *extra, "train.parallel=fsdp", "train.compile=true", nproc=2))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run(md4_command(corpus, tmp_path / "one", *extra, "train.compile=true"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    plain = run(md4_command(corpus, tmp_path / "plain", *extra))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    expected = load_checkpoint(list_checkpoints(tmp_path / "plain")[-1])
+    for name in ("two", "one"):
+        ckpt = load_checkpoint(list_checkpoints(tmp_path / name)[-1])
+        assert list(ckpt.model) == list(expected.model) and list(ckpt.ema) == list(expected.ema), name
+        groups = [g["params"] for g in ckpt.optimizer["param_groups"]]
+        assert groups == [g["params"] for g in expected.optimizer["param_groups"]], name
+        assert set(ckpt.optimizer["state"]) == set(expected.optimizer["state"]), name
+    assert_same_parameters(tmp_path / "plain", tmp_path / "two")
+    assert_same_parameters(tmp_path / "plain", tmp_path / "one")
+
+
+def test_nproc_1_trains_in_a_process_group_of_one_like_one_process(corpus, tmp_path):
+    """``md4 train --nproc 1`` joins a gloo group of one and trains under DDP (NCCL on a GPU), reaching the
+    parameters of one plain process."""
+    command = [sys.executable, "-m", "md4", "train", "--nproc", "1", "--data", str(corpus)]
+    grouped = run([*command, "--out", str(tmp_path / "grouped"), "--no-progress", *TINY, "train.steps=3"])
+    assert grouped.returncode == 0, grouped.stderr[-3000:]
+    assert "1 process in a gloo group (DDP)" in grouped.stderr
+    plain = run(md4_command(corpus, tmp_path / "plain", "train.steps=3"))
+    assert plain.returncode == 0 and "group" not in plain.stderr, plain.stderr[-3000:]
+    assert_same_parameters(tmp_path / "plain", tmp_path / "grouped")

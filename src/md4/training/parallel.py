@@ -16,10 +16,15 @@ from md4.distributed import World, derived_seed
 
 
 def training_device(name: str, world: World) -> torch.device:
-    """The device ``train.device`` names, with a GPU's index made explicit (under torchrun: LOCAL_RANK's GPU)."""
+    """The device ``train.device`` names, with a GPU's index made explicit (under torchrun: LOCAL_RANK's GPU, which
+    :func:`md4.distributed.connect` made current); a single process's ``cuda:N`` is made the current GPU, so
+    everything that uses the current one (caches, streams, collectives) uses it too."""
     device = resolve_device(name)
-    if device.type == "cuda" and (device.index is None or world.distributed):
-        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda":
+        return device
+    if device.index is None or world.distributed:
+        return torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
     return device
 
 
