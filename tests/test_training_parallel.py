@@ -132,3 +132,25 @@ def test_a_sharded_compiled_model_saves_its_optimizer_as_an_uncompiled_one(one_r
             assert torch.allclose(state["state"][index][key], value, rtol=1e-5, atol=1e-7), (index, key)
     distributed.load_optimizer_state(model, optimizer, expected)  # and loads back under the same names
     assert set(distributed.model_state(model)) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_bf16_run_gathers_its_blocks_in_bf16_and_keeps_the_root_in_fp32(one_rank_group, precision):
+    """FSDP2's mixed precision in a bf16 run: the blocks' weights take part in the forward pass as bf16, the
+    root's (embeddings, output layer) as fp32, the stream between blocks stays fp32; an fp32 run is all fp32."""
+    model, average = tiny_model(), tiny_model()
+    Parallel(World(size=1, grouped=True), CPU, sharded=True).shard(model, average, precision)
+    seen = {}
+    blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+    first = next(m for m in blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda m, args, out: seen.update(block=m.weight.dtype, stream=args[0].dtype))
+    blocks[0].register_forward_pre_hook(lambda m, args: seen.update(into_block=args[0].dtype))
+    embedding = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    embedding.register_forward_hook(lambda m, args, out: seen.update(root=m.weight.dtype))
+    x = torch.randint(0, 5, (4, 8), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(x, generator=torch.Generator().manual_seed(2))[0]
+    loss.backward()
+    gathered = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert seen["block"] == gathered and seen["into_block"] == seen["root"] == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())  # sharded gradients, reduced in fp32

@@ -101,7 +101,7 @@ class Trainer:
             ema = EMA(model, self.t.ema_decay)
             self.parallel = Parallel.of(self.world, self.device, self.t.parallel)
             self.sharded = self.parallel.sharded
-            self.parallel.shard(model, ema.module)
+            self.parallel.shard(model, ema.module, self.t.precision)
             optimizer = build_optimizer(model, self.t, self.device, self.sharded)
             self.state = TrainState.fresh(model, ema, optimizer, self.t.seed, self.device)
             if self.world.is_main:
