@@ -1,8 +1,18 @@
+import os
+import re
+
 import pytest
 import torch
 from oracle import OracleDenoiser  # tests/ is on sys.path: pytest imports this conftest from there
 
 torch.set_num_threads(2)
+
+
+def pytest_configure(config):
+    """The suite runs on the CPU whatever GPUs the machine has (its processes, torchrun's ranks included, inherit
+    the setting), unless the GPU tests are selected (``pytest -m gpu``)."""
+    if not re.search(r"(?<!not )\bgpu\b", config.getoption("markexpr") or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture

@@ -256,3 +256,101 @@ def test_ctrl_c_to_md4_train_nproc_stops_cleanly_with_the_one_process_exit_code(
     assert launcher.returncode == 130, err[-3000:]
     assert "stopped by SIGINT" in out and "Traceback" not in err
     assert len(list_checkpoints(run_dir)) == 1
+
+
+@pytest.mark.slow  # three runs, two of them compiled (about a minute on two cores)
+def test_compiled_runs_write_the_checkpoints_of_plain_ones(corpus, tmp_path):
+    """train.compile=true on two FSDP2 processes (compiled after sharding) and on one process saves the files an
+    uncompiled run saves: the same names, the same values up to the compiler's rounding (issue 22's KeyError)."""
+    extra = ["train.steps=3", "train.sample_every=3"]
+    two = run(md4_command(corpus, tmp_path / "two", *extra, "train.parallel=fsdp", "train.compile=true", nproc=2))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run(md4_command(corpus, tmp_path / "one", *extra, "train.compile=true"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    plain = run(md4_command(corpus, tmp_path / "plain", *extra))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    expected = load_checkpoint(list_checkpoints(tmp_path / "plain")[-1])
+    for name in ("two", "one"):
+        ckpt = load_checkpoint(list_checkpoints(tmp_path / name)[-1])
+        assert list(ckpt.model) == list(expected.model) and list(ckpt.ema) == list(expected.ema), name
+        groups = [g["params"] for g in ckpt.optimizer["param_groups"]]
+        assert groups == [g["params"] for g in expected.optimizer["param_groups"]], name
+        assert set(ckpt.optimizer["state"]) == set(expected.optimizer["state"]), name
+    assert_same_parameters(tmp_path / "plain", tmp_path / "two")
+    assert_same_parameters(tmp_path / "plain", tmp_path / "one")
+
+
+@pytest.mark.slow  # two runs; the group of one itself: test_devices.py
+def test_nproc_1_trains_in_a_process_group_of_one_like_one_process(corpus, tmp_path):
+    """``md4 train --nproc 1`` joins a gloo group of one and trains under DDP (NCCL on a GPU), reaching the
+    parameters of one plain process."""
+    command = [sys.executable, "-m", "md4", "train", "--nproc", "1", "--data", str(corpus)]
+    grouped = run([*command, "--out", str(tmp_path / "grouped"), "--no-progress", *TINY, "train.steps=3"])
+    assert grouped.returncode == 0, grouped.stderr[-3000:]
+    assert "1 process in a gloo group (DDP)" in grouped.stderr
+    plain = run(md4_command(corpus, tmp_path / "plain", "train.steps=3"))
+    assert plain.returncode == 0 and "group" not in plain.stderr, plain.stderr[-3000:]
+    assert_same_parameters(tmp_path / "plain", tmp_path / "grouped")
+
+
+@pytest.mark.slow  # three runs (about a minute on two cores); the dtypes themselves: test_training_parallel.py
+def test_a_bf16_fsdp_run_trains_resumes_and_follows_one_bf16_process(corpus, tmp_path):
+    """Two FSDP2 ranks in bf16 (blocks gathered in bf16 over gloo, gradients reduced in fp32) train three steps,
+    resume for three more, and their losses stay close to one bf16 process's."""
+    bf16 = ["train.precision=bf16", "train.parallel=fsdp"]
+    first = run(md4_command(corpus, tmp_path / "two", "train.steps=3", *bf16, nproc=2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run([*md4_command(corpus, tmp_path / "two", "train.steps=6", *bf16, nproc=2), "--resume"])
+    assert second.returncode == 0 and "finished at step 6" in second.stdout, second.stderr[-3000:]
+    one = run(md4_command(corpus, tmp_path / "one", "train.steps=6", "train.precision=bf16"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    lines = {d: (tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("one", "two")}
+    records = {d: [r for r in map(json.loads, lines[d]) if r["split"] == "train"] for d in lines}
+    assert [r["step"] for r in records["two"]] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(records["one"], records["two"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2), (a, b)
+    for a, b in zip(valid_records(tmp_path / "one"), valid_records(tmp_path / "two"), strict=True):
+        assert a["nelbo"] == pytest.approx(b["nelbo"], rel=2e-2)
+
+
+DDP_COMPILE_SCRIPT = """
+import torch, torch.distributed as dist
+from md4.distributed import World
+from md4.training.parallel import Parallel
+
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+
+
+class Model(torch.nn.Module):  # a denoiser of 36 MB: two of DDP's 25 MB gradient buckets
+    def __init__(self):
+        super().__init__()
+        self.denoiser = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(9)])
+
+    def forward(self, x, generator=None):
+        return self.denoiser(x + torch.rand(x.shape, generator=generator)).square().mean()
+
+
+world = World(dist.get_rank(), 2, dist.get_rank(), grouped=True)
+forward = Parallel(world, torch.device("cpu"), sharded=False).wrap(Model(), checkpointing=False, compile=True)
+generator = torch.Generator().manual_seed(1)
+for _ in range(2):
+    forward(torch.randn(4, 1024), generator=generator).backward()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # compiles a 36 MB network on two processes (about a minute on two cores)
+def test_the_compiled_denoiser_under_ddp_is_cut_at_the_gradient_buckets(tmp_path):
+    """DDP wraps the model whose denoiser is compiled: the denoiser's graph is first compiled inside DDP's forward,
+    where dynamo's DDPOptimizer cuts it at DDP's gradient buckets, so each bucket's all-reduce starts while the
+    backward pass of the graphs before it still runs (compiling the DDP module itself adds graph breaks at DDP's own
+    code and at the generator's draw, and overlaps no more)."""
+    script = tmp_path / "ddp_compile.py"
+    script.write_text(DDP_COMPILE_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_LOGS": "ddp_graphs,graph_breaks"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "---submod_1 graph---" in done.stderr  # at least two bucket-sized graphs
+    assert "Graph break" not in done.stderr

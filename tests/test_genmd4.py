@@ -345,3 +345,27 @@ def test_genmd4_presets():
         ValueError, match="Unknown config key model.schedule; valid keys in \\[model\\] for kind genmd4"
     ):
         build_config("genmd4-shakespeare-char", ["model.schedule=cosine"])
+
+
+def test_the_thinning_sampler_keeps_no_float64_copy_of_the_probabilities():
+    """Only the drawn rows [B, V] go to float64; the [B, L, V] probabilities stay in the network's float32."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    batch, length, vocab = 3, 16, 11
+
+    class LargeFloat64(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.numel() >= batch * length * vocab:
+                    self.found.append(str(func))
+            return out
+
+    model = GenMD4(lambda z, t: torch.randn(*z.shape, vocab, generator=torch.Generator().manual_seed(1)), vocab)
+    with LargeFloat64() as mode:
+        out = sample(model, batch, shape=(length,), sampler="exact", seed=0)
+    assert out.tokens.shape == (batch, length) and mode.found == []

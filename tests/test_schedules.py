@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from md4.core.schedules import PolynomialSchedule, get_schedule
+from md4.core.schedules import MaskingSchedule, PolynomialSchedule, get_schedule
 
 NAMES = ["linear", "cosine", "poly2", "poly0.5", "poly3.7", "geometric"]
 
@@ -83,3 +83,32 @@ def test_schedule_is_a_module_owned_by_the_model():
     assert MD4(lambda z, t: None, vocab_size=3, schedule=built).schedule is built
     with pytest.raises(ValueError, match="eps belongs to the schedule"):
         MD4(lambda z, t: None, vocab_size=3, schedule=built, eps=1e-4)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "poly2", "poly0.5", "poly3.7", "geometric"])
+def test_the_closed_form_inverse_of_alpha_is_the_bisections(name):
+    """Each family's closed-form inverse agrees with bisection (to its 1e-7 at the flat, ill-conditioned ends),
+    maps back onto the target to float64 precision, and clamps beyond alpha's range as bisection does."""
+    schedule = get_schedule(name)
+    inner = torch.linspace(0.0, 1.0, 2001, dtype=torch.float64)
+    targets = torch.cat([inner, torch.tensor([-0.1, 1e-4, 1e-4 + 1e-12, 1 - 1e-4 - 1e-12, 1 - 1e-4, 1.1])])
+    closed, bisected = schedule.inverse_alpha(targets), schedule.bisect_alpha(targets)
+    assert closed.dtype == torch.float64 and torch.allclose(closed, bisected, rtol=0, atol=1e-7)
+    ends = schedule.alpha(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(schedule.alpha(closed), targets.clamp(*ends), rtol=0, atol=1e-14)
+    assert closed[-6].item() == 1.0 and closed[-1].item() == 0.0
+
+
+def test_a_family_without_a_closed_form_inverse_bisects():
+    class Squared(MaskingSchedule):
+        name = "squared"
+
+        def raw_alpha(self, t):
+            return (1.0 - t) ** 2
+
+        def raw_dalpha(self, t):
+            return -2.0 * (1.0 - t)
+
+    targets = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    raw = ((targets - 1e-4) / (1 - 2e-4)).clamp(0, 1)
+    assert torch.allclose(Squared().inverse_alpha(targets), 1.0 - raw.sqrt(), rtol=0, atol=1e-8)  # flat at t = 1

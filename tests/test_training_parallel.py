@@ -2,12 +2,16 @@
 gradients are reduced, and each rank's stream of torch's global generator. (Several real processes:
 test_distributed.py.)"""
 
+import socket
 from contextlib import nullcontext
 
+import pytest
 import torch
+import torch.distributed as dist
 from tiny_training import tiny_config, tiny_data
 
-from md4.distributed import World, derived_seed, is_sharded
+from md4 import distributed
+from md4.distributed import World, canonical_name, derived_seed, is_sharded, load_model_state, model_state
 from md4.models import DataSpec, build_model
 from md4.training.parallel import Parallel, training_device
 
@@ -72,3 +76,81 @@ def test_ranks_after_the_first_get_their_own_stream_of_the_global_generator():
         assert torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())
         Parallel(World(rank=1, size=2), CPU, sharded=False).seed_rank_stream(seed=3, step=7)
         assert torch.equal(torch.get_rng_state(), torch.manual_seed(derived_seed(3, 1, 7)).get_state())
+
+
+@pytest.fixture
+def one_rank_group():
+    """A process group of this process alone (gloo), as FSDP2 needs one; left again after the test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def trained_tiny_model(shard: bool = False) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The tiny model (sharded with FSDP2, as asked) after one AdamW step on a fixed batch (so the optimizer has a
+    state)."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    if shard:
+        distributed.shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randint(0, 5, (4, 8), generator=torch.Generator().manual_seed(1))
+    model(x, generator=torch.Generator().manual_seed(2))[0].backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_canonical_names_drop_the_compiler_prefix():
+    assert canonical_name("denoiser._orig_mod.blocks.0.attn.weight") == "denoiser.blocks.0.attn.weight"
+    assert canonical_name("_orig_mod.x") == "x" and canonical_name("schedule.theta") == "schedule.theta"
+    plain, _ = trained_tiny_model()
+    compiled, _ = trained_tiny_model()
+    compiled.denoiser = torch.compile(compiled.denoiser)  # lazily: nothing is compiled here
+    assert any("_orig_mod" in name for name in compiled.state_dict())
+    saved = model_state(compiled)
+    assert list(saved) == list(plain.state_dict())
+    fresh = tiny_model()
+    fresh.denoiser = torch.compile(fresh.denoiser)
+    load_model_state(fresh, model_state(plain))  # a plain checkpoint loads into a compiled model
+    assert all(torch.equal(a, b) for a, b in zip(model_state(fresh).values(), saved.values(), strict=True))
+
+
+def test_a_sharded_compiled_model_saves_its_optimizer_as_an_uncompiled_one(one_rank_group):
+    """FSDP2 with the denoiser compiled after sharding: torch's optimizer state names drop ``_orig_mod``, and so do
+    md4's, so the checkpoint's optimizer state is the one of the plain model (the KeyError of issue 22)."""
+    plain, plain_optimizer = trained_tiny_model()
+    model, optimizer = trained_tiny_model(shard=True)
+    model.denoiser = torch.compile(model.denoiser)
+    state = distributed.optimizer_state(model, optimizer)
+    expected = plain_optimizer.state_dict()
+    assert state["param_groups"] == expected["param_groups"]
+    for index, moments in expected["state"].items():
+        for key, value in moments.items():
+            assert torch.allclose(state["state"][index][key], value, rtol=1e-5, atol=1e-7), (index, key)
+    distributed.load_optimizer_state(model, optimizer, expected)  # and loads back under the same names
+    assert set(distributed.model_state(model)) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_bf16_run_gathers_its_blocks_in_bf16_and_keeps_the_root_in_fp32(one_rank_group, precision):
+    """FSDP2's mixed precision in a bf16 run: the blocks' weights take part in the forward pass as bf16, the
+    root's (embeddings, output layer) as fp32, the stream between blocks stays fp32; an fp32 run is all fp32."""
+    model, average = tiny_model(), tiny_model()
+    Parallel(World(size=1, grouped=True), CPU, sharded=True).shard(model, average, precision)
+    seen = {}
+    blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+    first = next(m for m in blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda m, args, out: seen.update(block=m.weight.dtype, stream=args[0].dtype))
+    blocks[0].register_forward_pre_hook(lambda m, args: seen.update(into_block=args[0].dtype))
+    embedding = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    embedding.register_forward_hook(lambda m, args, out: seen.update(root=m.weight.dtype))
+    x = torch.randint(0, 5, (4, 8), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(x, generator=torch.Generator().manual_seed(2))[0]
+    loss.backward()
+    gathered = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert seen["block"] == gathered and seen["into_block"] == seen["root"] == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())  # sharded gradients, reduced in fp32

@@ -85,6 +85,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # global-norm clipping; 0 turns it off (release)
     ema_decay: float = 0.999
     precision: str = "bf16"
+    tf32: bool = True  # on CUDA, fp32 matrix products (fp32 runs, fp32 parts of bf16 ones) in TF32; false: true fp32
     compile: bool = False
     # Recompute each block's activations in the backward pass instead of keeping them: memory for long
     # sequences (OpenWebText's 1024 and beyond) at the price of about one more forward pass (transformer).

@@ -1,4 +1,5 @@
-"""Devices and arithmetic precision: where a model runs and whether its matrix products use bf16."""
+"""Devices and arithmetic precision: where a model runs, whether its matrix products use bf16, and whether a GPU's
+fp32 ones use TF32."""
 
 from __future__ import annotations
 
@@ -26,3 +27,13 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def use_tf32(device: torch.device, enabled: bool = True) -> None:
+    """On a CUDA ``device``, fp32 matrix products and convolutions in TF32 when ``enabled`` (torch's "high" fp32
+    precision: fp32 range with a 10-bit mantissa, several times the fp32 rate on Ampere and later GPUs), in true
+    fp32 otherwise. Other devices are left as they are (the CPU's arithmetic never changes)."""
+    if device.type != "cuda":
+        return
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -31,12 +31,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a silent rank before it fails with an error
 PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel: replicate the model on every rank, or shard it (FSDP2)
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+COMPILER_PREFIX = "_orig_mod"  # the name torch.compile's wrapper gives the module it compiles
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    grouped: bool = False  # in a process group (under torchrun), even a group of one
 
     @property
     def is_main(self) -> bool:
@@ -54,7 +56,8 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """Whether the model is wrapped for several processes (DDP or FSDP2): with several, or with one in a group."""
+        return self.size > 1 or self.grouped
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on any (how the ranks agree to stop)."""
@@ -105,6 +108,11 @@ def collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def backend() -> str:
+    """The process group's backend (nccl or gloo)."""
+    return str(dist.get_backend())
+
+
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
@@ -113,17 +121,22 @@ def connect(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World
     """Join the process group torchrun described in the environment, or return a world of one.
 
     ``device`` is the run's ``train.device``: NCCL when it resolves to CUDA, gloo otherwise. Each rank uses GPU
-    ``LOCAL_RANK`` (a ``cuda:N`` in the config is overridden). A rank that dies makes the others' next
-    collective fail (torchrun then stops them all).
+    ``LOCAL_RANK`` (a ``cuda:N`` in the config is overridden). One process under torchrun (``md4 train --nproc 1``)
+    joins a group of one too, so it trains under DDP or FSDP2 over NCCL as each of several would. A rank that dies
+    makes the others' next collective fail (torchrun then stops them all).
     """
     if not launched_by_torchrun():
         return World()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if size == 1:
-        return World()
     use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
     if use_cuda:
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise ValueError(
+                f"Process {rank} would train on GPU {local_rank} (its LOCAL_RANK) but only {visible} GPU(s) are "
+                f"visible here; start at most {visible} processes per machine (--nproc), or set train.device=cpu."
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(
@@ -131,7 +144,7 @@ def connect(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World
             timeout=timedelta(seconds=timeout_s),
             device_id=torch.device("cuda", local_rank) if use_cuda else None,
         )
-    return World(rank, size, local_rank)
+    return World(rank, size, local_rank, grouped=True)
 
 
 def disconnect(finished: bool = True) -> None:
@@ -146,14 +159,23 @@ def disconnect(finished: bool = True) -> None:
 
 
 # ------------------------------------------------------------------ FSDP2
-def shard(model: nn.Module) -> None:
+def shard(model: nn.Module, param_dtype: torch.dtype | None = None) -> None:
     """Shard ``model`` over the ranks with FSDP2: each block of every ``nn.ModuleList`` (transformer layers,
-    UNet residual blocks) is its own unit, gathered just before it runs; the rest belongs to the root."""
+    UNet residual blocks) is its own unit, gathered just before it runs; the rest belongs to the root.
+
+    With ``param_dtype`` (bf16 runs: ``torch.bfloat16``) the blocks are gathered and run in that dtype (half the
+    traffic of fp32) and their gradients reduced in fp32; their inputs are not cast, so the stream between blocks
+    stays fp32, and the root's own parameters (embeddings, output layer, a learned schedule) stay fp32: autocast
+    then computes as it does in one process, up to the rounding of the blocks' norm weights and biases.
+    """
+    policy = MixedPrecisionPolicy()
+    if param_dtype is not None:
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for module in list(model.modules()):
         if isinstance(module, nn.ModuleList):
             for block in module:
                 if any(p.requires_grad for p in block.parameters()):
-                    fully_shard(block)
+                    fully_shard(block, mp_policy=policy)
     fully_shard(model)
 
 
@@ -184,16 +206,20 @@ def full_norm(norm: torch.Tensor) -> float:
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole state dict (on the CPU on rank 0 when sharded: every rank must call it)."""
-    return get_model_state_dict(model, options=FULL) if is_sharded(model) else model.state_dict()
+    """The whole state dict with :func:`canonical_name` names (on the CPU on rank 0 when sharded: every rank must
+    call it)."""
+    if is_sharded(model):
+        return get_model_state_dict(model, options=FULL)
+    return {canonical_name(name): value for name, value in model.state_dict().items()}
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a whole state dict, sharding it if ``model`` is sharded."""
+    """Load a whole state dict of :func:`canonical_name` names, sharding it if ``model`` is sharded."""
     if is_sharded(model):
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
     else:
-        model.load_state_dict(state)
+        own = {canonical_name(name): name for name in model.state_dict()}
+        model.load_state_dict({own.get(name, name): value for name, value in state.items()})
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -221,9 +247,16 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
 
 
 def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The names of the optimizer's parameters in its own order (the indices of ``Optimizer.state_dict()``)."""
-    name_of = {id(p): name for name, p in model.named_parameters()}
+    """The names of the optimizer's parameters in its own order (the indices of ``Optimizer.state_dict()``), as
+    torch's distributed state dicts spell them: without a compiled module's ``_orig_mod``."""
+    name_of = {id(p): canonical_name(name) for name, p in model.named_parameters()}
     return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's or buffer's name without the ``_orig_mod`` that ``torch.compile`` puts in front of a compiled
+    module's own names, so a checkpoint is the same whether or not its model was compiled."""
+    return ".".join(part for part in name.split(".") if part != COMPILER_PREFIX)
 
 
 ERROR_DIR_ENV = "MD4_WORKER_ERRORS"  # set by :func:`launch`: where its workers record their one-sentence errors

@@ -9,7 +9,7 @@ import sys
 from tqdm.auto import tqdm
 
 from md4.cli.options import add_model_options, positive
-from md4.device import PRECISIONS
+from md4.device import PRECISIONS, use_tf32
 from md4.evaluate import DEFAULT_BOUND_STEPS, BoundEstimate, evaluate_run, unit_of
 from md4.held_out import HeldOut
 from md4.runs.directory import load_run
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "micro_batch", "steps", "max_batches", "draws"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
+    use_tf32(next(loaded.model.parameters()).device, not args.no_tf32)
     weights = "raw" if args.no_ema else "EMA"
     unit = unit_of(loaded.codec)  # bits per dimension for images, per character for character-level text
 

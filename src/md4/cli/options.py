@@ -12,6 +12,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that load a trained run."""
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--no-tf32", action="store_true", help="on a GPU, fp32 matrix products in true fp32 instead of TF32")
     p.add_argument("--checkpoint", type=int, metavar="STEP", help="the checkpoint of this step (default: the newest)")
 
 

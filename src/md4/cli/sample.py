@@ -11,7 +11,7 @@ import torch
 
 from md4.cli.options import add_model_options, check_output_file, positive
 from md4.data import ImageCodec
-from md4.device import PRECISIONS
+from md4.device import PRECISIONS, use_tf32
 from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
 from md4.generation.pictures import save_pictures
 from md4.generation.text import generate
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(Path(args.out), "--out", "sample.png")
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
+    use_tf32(next(loaded.model.parameters()).device, not args.no_tf32)
     images = isinstance(loaded.codec, ImageCodec)
     check_sample_options(args, loaded, images)
     options = {

@@ -120,6 +120,7 @@ def train_process(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")  # rank 0 speaks for the run
         trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint, world, dataset)
         if world.is_main:
+            note = "; ".join(filter(None, [note, group_note(world, config.train.parallel)]))
             print(describe(trainer, args.resume, note), file=sys.stderr)
         result = trainer.fit()
         finished = True
@@ -129,6 +130,14 @@ def train_process(args: argparse.Namespace) -> int:
         return 0
     code = report(result, run_dir, unit_of(trainer.data.codec), world.size)
     return 0 if world.distributed and result.interrupted else code
+
+
+def group_note(world: distributed.World, parallel: str) -> str:
+    """What the banner says of a process group: how many processes, over which backend, in which parallel mode."""
+    if not world.grouped:
+        return ""
+    mode = "FSDP2" if parallel == "fsdp" else "DDP"
+    return f"{world.size} process{'es' if world.size > 1 else ''} in a {distributed.backend()} group ({mode})"
 
 
 def worker_process(args: argparse.Namespace) -> int:

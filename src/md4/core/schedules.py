@@ -78,7 +78,18 @@ class MaskingSchedule(Schedule):
         """The hazard itself: every token unmasks at the same rate."""
         return self.hazard(t)
 
-    def inverse_alpha(self, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    def inverse_alpha(self, target: torch.Tensor) -> torch.Tensor:
+        """t in [0, 1] with alpha(t) = target, in float64 (0 above alpha's range, 1 below it): the family's closed
+        form :meth:`raw_inverse` of the unclamped alpha~ = (target - eps) / (1 - 2 eps)."""
+        raw = ((target.double() - self.eps) / (1.0 - 2.0 * self.eps)).clamp(0.0, 1.0)
+        return self.raw_inverse(raw).clamp(0.0, 1.0)
+
+    def raw_inverse(self, raw: torch.Tensor) -> torch.Tensor:
+        """t with alpha~(t) = ``raw`` (float64 in [0, 1]); families without a closed form leave it to
+        :meth:`bisect_alpha`."""
+        return self.bisect_alpha((1.0 - 2.0 * self.eps) * raw + self.eps)
+
+    def bisect_alpha(self, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
         """t with alpha(t) = target, by bisection in float64 (alpha is decreasing on [0, 1])."""
         lo = torch.zeros_like(target, dtype=torch.float64)
         hi = torch.ones_like(target, dtype=torch.float64)
@@ -117,6 +128,9 @@ class LinearSchedule(MaskingSchedule):
     def raw_dalpha(self, t):
         return -torch.ones_like(t)
 
+    def raw_inverse(self, raw):
+        return 1.0 - raw
+
 
 class CosineSchedule(MaskingSchedule):
     """alpha~(t) = 1 - cos(pi/2 (1 - t))."""
@@ -128,6 +142,10 @@ class CosineSchedule(MaskingSchedule):
 
     def raw_dalpha(self, t):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * (1.0 - t))
+
+    def raw_inverse(self, raw):
+        # 1 - cos(x) = 2 sin^2(x / 2), which keeps t accurate near 1 where raw is tiny
+        return 1.0 - (4.0 / math.pi) * torch.asin(torch.sqrt(0.5 * raw))
 
 
 class PolynomialSchedule(MaskingSchedule):
@@ -146,6 +164,9 @@ class PolynomialSchedule(MaskingSchedule):
     def raw_dalpha(self, t):
         # K t^(K-1); for K < 1 it diverges at t = 0, so t is floored to keep every weight finite.
         return -self.power * t.clamp_min(_POLY_T_FLOOR) ** (self.power - 1.0)
+
+    def raw_inverse(self, raw):
+        return (1.0 - raw) ** (1.0 / self.power)
 
 
 class GeometricSchedule(MaskingSchedule):
@@ -168,6 +189,11 @@ class GeometricSchedule(MaskingSchedule):
     def raw_dalpha(self, t):
         beta = self._beta(t)
         return -beta * math.log(self.beta_max / self.beta_min) * torch.exp(-beta)
+
+    def raw_inverse(self, raw):
+        # beta = -log(raw) and log(beta) is linear in t (inf and -inf at the ends, which the caller clamps)
+        log_min, log_max = math.log(self.beta_min), math.log(self.beta_max)
+        return (torch.log(-torch.log(raw)) - log_min) / (log_max - log_min)
 
 
 _FIXED = {"linear": LinearSchedule, "cosine": CosineSchedule, "geometric": GeometricSchedule}

@@ -69,16 +69,17 @@ class ExactSampler(Sampler):
                 return z
             active = count > 0
             t = torch.where(active, next_unmask_time(schedule, t, count, generator), t)
-            probs = net(z, t).double()
+            probs = net(z, t)
             probs = probs.reshape(batch, -1, probs.shape[-1])
             hazards = schedule.hazard(t).detach().double()  # h_v(t) [B, V]
-            rates = (probs * hazards[:, None, :]).sum(-1) * masked  # sum_v mu_n[v] h_v(t) at each masked position
+            # sum_v mu_n[v] h_v(t) at each masked position, in mu's own float32 (no float64 copy of [B, L, V])
+            rates = ((probs * hazards[:, None, :].to(probs.dtype)).sum(-1) * masked).double()
             bound = count.clamp_min(1) * schedule.hazard_bound(t).detach().double()
             keep = torch.rand(batch, dtype=torch.float64, device=z.device, generator=generator)
             accepted = active & (keep * bound < rates.sum(1))
             if bool(accepted.any()):
                 choice = categorical(rates, generator, "float64")
-                token = categorical(probs[rows, choice] * hazards, generator, options.categorical)
+                token = categorical(probs[rows, choice].double() * hazards, generator, options.categorical)
                 z = _unmask(z, accepted, choice, token)
                 observe(z)
 

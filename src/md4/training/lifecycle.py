@@ -45,6 +45,7 @@ RESUMABLE_KEYS = {
     "keep_checkpoints",
     "device",
     "compile",
+    "tf32",
     "activation_checkpointing",
     "dist_timeout",
     "parallel",

@@ -16,10 +16,15 @@ from md4.distributed import World, derived_seed
 
 
 def training_device(name: str, world: World) -> torch.device:
-    """The device ``train.device`` names, with a GPU's index made explicit (under torchrun: LOCAL_RANK's GPU)."""
+    """The device ``train.device`` names, with a GPU's index made explicit (under torchrun: LOCAL_RANK's GPU, which
+    :func:`md4.distributed.connect` made current); a single process's ``cuda:N`` is made the current GPU, so
+    everything that uses the current one (caches, streams, collectives) uses it too."""
     device = resolve_device(name)
-    if device.type == "cuda" and (device.index is None or world.distributed):
-        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda":
+        return device
+    if device.index is None or world.distributed:
+        return torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
     return device
 
 
@@ -36,11 +41,13 @@ class Parallel:
     def of(cls, world: World, device: torch.device, mode: str) -> Parallel:
         return cls(world, device, world.distributed and mode == "fsdp")
 
-    def shard(self, model: torch.nn.Module, average: torch.nn.Module) -> None:
-        """Shard the model and its average alike, so the EMA update stays local (nothing when not sharded)."""
+    def shard(self, model: torch.nn.Module, average: torch.nn.Module, precision: str = "fp32") -> None:
+        """Shard the model and its average alike, so the EMA update stays local (nothing when not sharded); in a
+        bf16 run their blocks are gathered in bf16 and their gradients reduced in fp32."""
         if self.sharded:
-            distributed.shard(model)
-            distributed.shard(average)
+            param_dtype = torch.bfloat16 if precision == "bf16" else None
+            distributed.shard(model, param_dtype)
+            distributed.shard(average, param_dtype)
 
     def seed_rank_stream(self, seed: int, step: int) -> None:
         """Ranks other than 0 get their own stream of torch's global generator (dropout), from (seed, rank, step)."""
@@ -49,7 +56,12 @@ class Parallel:
 
     def wrap(self, model: torch.nn.Module, checkpointing: bool, compile: bool) -> torch.nn.Module:
         """Switch on the denoiser's activation checkpointing and compile it, as asked; the module to call for the
-        training loss: the model, or DistributedDataParallel around it when several processes replicate it."""
+        training loss: the model, or DistributedDataParallel around it when several processes replicate it.
+
+        The denoiser alone is compiled, lazily, so its graph is first traced inside DDP's forward, where dynamo's
+        DDPOptimizer cuts it at DDP's gradient buckets: each bucket's all-reduce overlaps the rest of the backward
+        pass. Compiling the DDP module itself overlaps no more and breaks its graph at DDP's own code and at the
+        loss's generator draws."""
         if checkpointing:
             model.denoiser.checkpointing = True
         if compile:

@@ -23,7 +23,7 @@ import torch
 from md4 import distributed
 from md4.config import Config
 from md4.core.noise import BatchShard
-from md4.device import autocast
+from md4.device import autocast, use_tf32
 from md4.distributed import World
 from md4.evaluate import estimate_nelbo
 from md4.models import DataSpec, build_model
@@ -93,6 +93,7 @@ class Trainer:
         self.t = config.train
         self.micro_batch = local_micro_batch(self.t.batch_size, self.t.grad_accum, self.world.size)
         self.device = training_device(self.t.device, self.world)
+        use_tf32(self.device, self.t.tf32)
         self.lifecycle = RunLifecycle(self.run_dir, config, data, self.spec, self.world)
         self.lock = self.lifecycle.claim() if self.world.is_main else None
         try:
@@ -101,7 +102,7 @@ class Trainer:
             ema = EMA(model, self.t.ema_decay)
             self.parallel = Parallel.of(self.world, self.device, self.t.parallel)
             self.sharded = self.parallel.sharded
-            self.parallel.shard(model, ema.module)
+            self.parallel.shard(model, ema.module, self.t.precision)
             optimizer = build_optimizer(model, self.t, self.device, self.sharded)
             self.state = TrainState.fresh(model, ema, optimizer, self.t.seed, self.device)
             if self.world.is_main:
@@ -215,12 +216,12 @@ class Trainer:
         return estimate.to_dict()
 
     def write_samples(self) -> Path | None:
-        """Samples of the EMA model (one per class, in turn, for class-conditional data) into ``samples/``;
-        rank 0 writes them (with a sharded model every rank draws the same samples alongside)."""
+        """Samples of the EMA model (one per class, in turn, for class-conditional data) into ``samples/``, in the
+        run's precision; rank 0 writes them (with a sharded model every rank draws the same samples alongside)."""
         if not (self.world.is_main or self.sharded):
             return None
         labels = class_labels(self.model.num_classes, self.t.num_samples, device=self.device)
-        with distributed.gathered(self.ema.module) as model:
+        with distributed.gathered(self.ema.module) as model, autocast(self.device, self.t.precision):
             out = sample(
                 model, self.t.num_samples, steps=self.t.sample_steps, labels=labels, seed=self.t.seed + self.step
             )
