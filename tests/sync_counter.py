@@ -23,10 +23,14 @@ from __future__ import annotations
 import traceback
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11
 
 aten = torch.ops.aten
 
@@ -69,7 +73,7 @@ class SyncCounter:
         self.host: list[tuple[str, str]] = []
         self._modes = (_Transfers(self), _Ops(self))
 
-    def __enter__(self) -> SyncCounter:
+    def __enter__(self) -> Self:
         for mode in self._modes:
             mode.__enter__()
         return self
@@ -97,7 +101,7 @@ class SyncCounter:
         lines = [f"  {n} x {op} at {where}" for (op, where), n in Counter(self.syncs).items()]
         host = [f"  {n} x {op} at {where}" for (op, where), n in Counter(self.host).items()]
         text = f"{self.count} host sync(s):\n" + "\n".join(lines)
-        return text + (f"\nhost-side, not counted:\n" + "\n".join(host) if host else "")
+        return text + ("\nhost-side, not counted:\n" + "\n".join(host) if host else "")
 
 
 class _Ops(TorchDispatchMode):

@@ -139,7 +139,9 @@ def test_on_a_gpu_the_thread_pins_the_batch_on_the_ranks_device_and_the_copy_doe
     seen = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.append(("set_device", str(d), _thread())))
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: seen.append(("pin", _thread())) or t)
-    monkeypatch.setattr(torch.Tensor, "to", lambda t, device, non_blocking=False: seen.append(("to", non_blocking)) or t)
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda t, device, non_blocking=False: seen.append(("to", non_blocking)) or t
+    )
     batches = prefetcher(labelled_data(), torch.Generator().manual_seed(0), True, device=torch.device("cuda", 3))
     batches.next()
     batches.next()

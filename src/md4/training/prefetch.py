@@ -17,7 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from md4.core.noise import BatchShard
 from md4.core.tokens import check_tokens
+from md4.distributed import World
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -84,6 +86,22 @@ class Prefetcher:
             x = x.pin_memory()
             labels = None if labels is None else labels.pin_memory()
         return x, labels, generator.get_state()
+
+
+def rank_batches(
+    data, micro_batch: int, world: World, state, device: torch.device
+) -> tuple[BatchShard | None, Prefetcher]:
+    """This rank's place in each micro-batch of the global batch (None for one process) and its batches: drawn
+    one ahead on a thread into pinned memory on a GPU, when asked for on the CPU (where a thread saves nothing,
+    docs/benchmarks.md). ``state``: the run's :class:`md4.training.state.TrainState`."""
+    rows = micro_batch * world.size
+    first = world.rank * micro_batch
+    shard = BatchShard(first, rows) if world.distributed else None
+    # A dataset written for one process needs no ``part`` argument.
+    part = (slice(first, first + micro_batch),) if world.distributed else ()
+    model, threaded = state.model, device.type == "cuda"
+    labels = model.num_classes is not None
+    return shard, Prefetcher(data, rows, part, state.data_generator, model.vocab_size, device, labels, threaded)
 
 
 def _use_device(device: torch.device | None) -> None:

@@ -22,7 +22,6 @@ import torch
 
 from md4 import distributed
 from md4.config import Config
-from md4.core.noise import BatchShard
 from md4.core.tokens import ranges_checked
 from md4.device import autocast
 from md4.distributed import World
@@ -43,7 +42,7 @@ from md4.training.optimizer import (
     set_learning_rate,
 )
 from md4.training.parallel import Parallel, training_device
-from md4.training.prefetch import Prefetcher
+from md4.training.prefetch import rank_batches
 from md4.training.state import TrainState
 
 __all__ = [
@@ -113,7 +112,7 @@ class Trainer:
                 self.lifecycle.start()
             self.parallel.seed_rank_stream(self.t.seed, self.state.step)
             self.forward = self.parallel.wrap(model, self.t.activation_checkpointing, self.t.compile)
-            self.shard, self.batches = self._batches(model)
+            self.shard, self.batches = rank_batches(data, self.micro_batch, self.world, self.state, self.device)
             self.log = MetricsLog(self.run_dir, start_step=self.state.step) if self.world.is_main else None
         except BaseException:
             if self.lock is not None:
@@ -152,19 +151,6 @@ class Trainer:
         """Rank 0 writes a checkpoint of the step (:meth:`TrainState.save`); other ranks return None."""
         return self.state.save(self.run_dir, self.world, self.t.keep_checkpoints)
 
-    def _batches(self, model) -> tuple[BatchShard | None, Prefetcher]:
-        """This rank's rows of each micro-batch of the global batch (all of them for one process) and where the
-        batches come from: drawn one ahead on a thread into pinned memory on a GPU, as asked on the CPU."""
-        rows = self.micro_batch * self.world.size
-        first = self.world.rank * self.micro_batch
-        shard = BatchShard(first, rows) if self.world.distributed else None
-        # A dataset written for one process needs no ``part`` argument.
-        part = (slice(first, first + self.micro_batch),) if self.world.distributed else ()
-        labels = model.num_classes is not None
-        threaded = self.device.type == "cuda"
-        generator = self.state.data_generator
-        return shard, Prefetcher(self.data, rows, part, generator, model.vocab_size, self.device, labels, threaded)
-
     def train_step(self, stop: bool = False) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches, each with fresh data and noise.
 
@@ -181,17 +167,21 @@ class Trainer:
         for micro in range(self.t.grad_accum):
             x, labels = self.batches.next()  # its ids were checked on the CPU
             last = micro == self.t.grad_accum - 1
-            with self.parallel.gradient_sync(state.model, self.forward, last), autocast(self.device, self.t.precision):
-                with ranges_checked():
-                    loss, metrics = self.forward(x, labels=labels, generator=state.noise_generator, shard=self.shard)
+            with (
+                self.parallel.gradient_sync(state.model, self.forward, last),
+                autocast(self.device, self.t.precision),
+                ranges_checked(),
+            ):
+                loss, metrics = self.forward(x, labels=labels, generator=state.noise_generator, shard=self.shard)
             with self.parallel.gradient_sync(state.model, self.forward, last):
                 (loss / self.t.grad_accum).backward()
             for key, value in metrics.items():  # means over the micro-batches
                 sums[key] = sums.get(key, 0.0) + value.detach().float() / self.t.grad_accum
             state.tokens_seen += x.numel() * world.size
         keys = list(sums)
-        stops = torch.full((1,), float(stop), device=sums[keys[0]].device)
-        means = world.mean(torch.cat([torch.stack([sums[k] for k in keys]), stops]))
+        stacked = torch.stack([sums[k] for k in keys])
+        vote = torch.full((1,), float(stop), dtype=stacked.dtype, device=stacked.device)  # no copy from the host
+        means = world.mean(torch.cat([stacked, vote]))  # the vote's mean is above 0 when any rank's is 1
         max_norm = self.t.grad_clip if self.t.grad_clip > 0 else math.inf  # 0: measure the norm, do not clip
         norm = distributed.full_norm(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
         *values, any_stop, grad_norm = torch.cat([means.double(), norm.to(means.device).double().reshape(1)]).tolist()
