@@ -155,3 +155,20 @@ def test_on_a_gpu_the_thread_pins_the_batch_on_the_ranks_device_and_the_copy_doe
 def _thread() -> str:
     name = threading.current_thread().name
     return "md4-prefetch" if name.startswith("md4-prefetch") else "main"
+
+
+def threaded_fit(run_dir, steps, resume=False):
+    trainer = tiny_trainer(run_dir, f"train.steps={steps}", "train.checkpoint_every=2", resume=resume)
+    trainer.batches.threaded = True  # as on a GPU: the checkpoint is saved while a batch is drawn ahead
+    trainer.fit()
+    return trainer
+
+
+def test_resume_with_batches_drawn_ahead_continues_exactly(tmp_path):
+    whole = threaded_fit(tmp_path / "whole", 4)
+    threaded_fit(tmp_path / "split", 2)
+    resumed = threaded_fit(tmp_path / "split", 4, resume=True)
+    assert resumed.step == whole.step == 4
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(whole.data_generator.get_state(), resumed.data_generator.get_state())
