@@ -67,12 +67,12 @@ class Scripted:
         self.state = SimpleNamespace(step=0, tokens_seen=0, saved_this_step=lambda _: self.saved == self.state.step)
         self.log, self.events, self.stop_at, self.saved = self, [], stop_at, None
 
-    def train_step(self):
+    def train_step(self, stop=False):
         self.state.step += 1
         self.state.tokens_seen += 10
         if self.state.step == self.stop_at:
             os.kill(os.getpid(), signal.SIGTERM)
-        return {"loss": float(self.state.step), "bits_per_token": 1.0, "lr": 0.1 * self.state.step}
+        return {"loss": float(self.state.step), "bits_per_token": 1.0, "lr": 0.1 * self.state.step, "stop": stop}
 
     def scalars(self, split, values, step):
         self.events.append((split, step, values["loss"], values["lr"]) if split == "train" else (split, step))

@@ -59,14 +59,6 @@ class World:
         """Whether the model is wrapped for several processes (DDP or FSDP2): with several, or with one in a group."""
         return self.size > 1 or self.grouped
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is true on any (how the ranks agree to stop)."""
-        if not self.distributed:
-            return flag
-        value = torch.tensor([int(flag)], device=collective_device())
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """The mean over ranks of a tensor each rank holds."""
         if not self.distributed:
@@ -200,9 +192,10 @@ class gathered:
             self.model.reshard()
 
 
-def full_norm(norm: torch.Tensor) -> float:
-    """A gradient norm as a number, whether it is a plain tensor or a DTensor of sharded gradients."""
-    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+def full_norm(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (still on the device), whether it is one or a DTensor of sharded
+    gradients."""
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:

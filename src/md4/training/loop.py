@@ -87,7 +87,7 @@ class Steps(Protocol):
     log: MetricsLog | None
     state: TrainState
 
-    def train_step(self) -> dict[str, float]: ...
+    def train_step(self, stop: bool = False) -> dict[str, float]: ...
 
     def evaluate(self, split: str = "valid") -> dict[str, Any]: ...
 
@@ -156,7 +156,12 @@ def after_step(trainer: Steps, window: MetricsWindow, bar: tqdm) -> dict[str, An
 
 
 def run_loop(trainer: Steps) -> TrainResult:
-    """Train until ``train.steps``, or until a signal to any rank (then every rank stops, with a checkpoint)."""
+    """Train until ``train.steps``, or until a signal to any rank (then every rank stops, with a checkpoint).
+
+    The ranks agree to stop in the step's own all-reduce (no collective of its own): every rank stops after the
+    first step whose all-reduce began after a signal to any of them; one process stops after the step it was
+    signalled in.
+    """
     state, world = trainer.state, trainer.world
     start_time, start_tokens = time.time(), state.tokens_seen
     window = MetricsWindow(state.tokens_seen)
@@ -166,12 +171,14 @@ def run_loop(trainer: Steps) -> TrainResult:
     with _stop_flag(second_interrupt_aborts=not world.distributed) as flag:
         try:
             while state.step < trainer.t.steps:
-                window.add(trainer.train_step())
+                metrics = trainer.train_step(stop=flag["signal"] is not None)
+                any_rank = metrics.pop("stop") > 0  # the vote the step's all-reduce carried
+                window.add(metrics)
                 bar.update(1)
                 valid = after_step(trainer, window, bar)
                 if valid is not None:
                     last_valid = valid
-                if world.any(flag["signal"] is not None):  # a signal to any rank stops them all
+                if any_rank if world.distributed else flag["signal"] is not None:
                     stopped_by = next(name for name in world.gather(flag["signal"]) if name)
                     break
         finally:

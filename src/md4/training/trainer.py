@@ -22,7 +22,7 @@ import torch
 
 from md4 import distributed
 from md4.config import Config
-from md4.core.noise import BatchShard
+from md4.core.tokens import ranges_checked
 from md4.device import autocast, use_tf32
 from md4.distributed import World
 from md4.evaluate import estimate_nelbo
@@ -43,6 +43,7 @@ from md4.training.optimizer import (
     set_learning_rate,
 )
 from md4.training.parallel import Parallel, training_device
+from md4.training.prefetch import rank_batches
 from md4.training.state import TrainState
 
 __all__ = [
@@ -113,6 +114,7 @@ class Trainer:
                 self.lifecycle.start()
             self.parallel.seed_rank_stream(self.t.seed, self.state.step)
             self.forward = self.parallel.wrap(model, self.t.activation_checkpointing, self.t.compile)
+            self.shard, self.batches = rank_batches(data, self.micro_batch, self.world, self.state, self.device)
             self.log = MetricsLog(self.run_dir, start_step=self.state.step) if self.world.is_main else None
         except BaseException:
             if self.lock is not None:
@@ -151,38 +153,42 @@ class Trainer:
         """Rank 0 writes a checkpoint of the step (:meth:`TrainState.save`); other ranks return None."""
         return self.state.save(self.run_dir, self.world, self.t.keep_checkpoints)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, stop: bool = False) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches, each with fresh data and noise.
 
-        A non-finite loss or gradient norm raises :class:`TrainingDiverged` before the weights change.
+        ``stop``: this rank was asked to stop; the step's one all-reduce carries it to the others, and the
+        returned ``stop`` is 1.0 when any rank was (else 0.0). A non-finite loss or gradient norm raises
+        :class:`TrainingDiverged` before the weights change. The host waits for the device once, for the
+        metrics, the gradient norm and the stop together.
         """
         state, world = self.state, self.world
         lr = learning_rate(state.step, self.t)
         set_learning_rate(state.optimizer, lr)
         state.model.train()
         sums: dict[str, torch.Tensor] = {}
-        rows = self.micro_batch * world.size  # one micro-batch of the global batch, over all ranks
-        first = world.rank * self.micro_batch
-        shard = BatchShard(first, rows) if world.distributed else None
-        # A dataset written for one process needs no ``part`` argument.
-        part = (slice(first, first + self.micro_batch),) if world.distributed else ()
         for micro in range(self.t.grad_accum):
-            x, labels = self.data.train_batch(rows, state.data_generator, *part)
-            x = x.to(self.device, non_blocking=True)
-            labels = None if labels is None or state.model.num_classes is None else labels.to(self.device)
+            x, labels = self.batches.next()  # its ids were checked on the CPU
             last = micro == self.t.grad_accum - 1
-            with self.parallel.gradient_sync(state.model, self.forward, last), autocast(self.device, self.t.precision):
-                loss, metrics = self.forward(x, labels=labels, generator=state.noise_generator, shard=shard)
+            with (
+                self.parallel.gradient_sync(state.model, self.forward, last),
+                autocast(self.device, self.t.precision),
+                ranges_checked(),
+            ):
+                loss, metrics = self.forward(x, labels=labels, generator=state.noise_generator, shard=self.shard)
             with self.parallel.gradient_sync(state.model, self.forward, last):
                 (loss / self.t.grad_accum).backward()
             for key, value in metrics.items():  # means over the micro-batches
                 sums[key] = sums.get(key, 0.0) + value.detach().float() / self.t.grad_accum
             state.tokens_seen += x.numel() * world.size
         keys = list(sums)
-        sums = dict(zip(keys, world.mean(torch.stack([sums[k] for k in keys])).tolist(), strict=True))
-        total = sums["loss"]
+        stacked = torch.stack([sums[k] for k in keys])
+        vote = torch.full((1,), float(stop), dtype=stacked.dtype, device=stacked.device)  # no copy from the host
+        means = world.mean(torch.cat([stacked, vote]))  # the vote's mean is above 0 when any rank's is 1
         max_norm = self.t.grad_clip if self.t.grad_clip > 0 else math.inf  # 0: measure the norm, do not clip
-        grad_norm = distributed.full_norm(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
+        norm = distributed.full_norm(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
+        *values, any_stop, grad_norm = torch.cat([means.double(), norm.to(means.device).double().reshape(1)]).tolist()
+        sums = dict(zip(keys, values, strict=True))
+        total = sums["loss"]
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
             state.optimizer.zero_grad(set_to_none=True)
             kept = list_checkpoints(self.run_dir)
@@ -196,7 +202,7 @@ class Trainer:
         state.optimizer.zero_grad(set_to_none=True)
         state.ema.update(state.model)
         state.step += 1
-        return {**sums, "lr": lr, "grad_norm": grad_norm}
+        return {**sums, "lr": lr, "grad_norm": grad_norm, "stop": float(any_stop > 0)}
 
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, Any]:
         """The EMA model's bound on ``split`` in micro-batches of the training micro-batch's rows; the ranks share
@@ -236,6 +242,7 @@ class Trainer:
         try:
             return run_loop(self)
         finally:
+            self.batches.close()
             self.forward = self.model  # DDP is freed while the process group lives (else exit can hang)
             if self.world.is_main:
                 self.log.close()
