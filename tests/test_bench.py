@@ -121,3 +121,26 @@ def test_the_command_runs_a_job_in_a_child_process(tmp_path, capsys):
     assert row["model"] == "demo" and 0 < row["mfu"] < 1.5 and row["peak_rss_mib"] > 100
     printed = capsys.readouterr()
     assert "peak RSS (MiB)" in printed.out and "md4 bench: demo fp32:" in printed.err
+
+
+def test_a_sampling_row_times_each_precision(monkeypatch):
+    monkeypatch.setitem(bench.MODELS, "tiny", bench.BenchModel("shakespeare-char", TINY))
+    rows = [bench.run_job({"model": "tiny", "mode": f"sample-{p}", "device": "cpu"}) for p in ("fp32", "bf16")]
+    for row, precision in zip(rows, ("fp32", "bf16"), strict=True):
+        assert row["precision"] == precision and row["length"] == 16 and 0 < row["nfe"] <= bench.SAMPLE_STEPS
+        assert row["seconds_per_step"] == pytest.approx(row["seconds"] / bench.SAMPLE_STEPS)
+        expected = bench.SAMPLE_NUM * 16 * bench.SAMPLE_STEPS / row["seconds"]
+        assert row["token_steps_per_second"] == pytest.approx(expected)
+    report = {
+        "machine": bench.machine(torch.device("cpu")),
+        **{key: {"fp32": 1e11, "bf16": 2e11} for key in ("peak_flops", "peak_flops_start", "peak_flops_end")},
+        "train": [],
+        "sampling": [
+            {"model": "tiny", "mode": "sample-fp32", **rows[0]},
+            {"model": "tiny", "mode": "sample-bf16", "error": "1"},
+        ],
+        "wall_s": 1.0,
+    }
+    lines = bench.format_report(report, markdown=True).splitlines()
+    assert any(line.startswith(f"| tiny | fp32 | 8 x 16, 64 steps | {rows[0]['nfe']} |") for line in lines)
+    assert any(line.startswith("| tiny | bf16 | failed |") for line in lines)

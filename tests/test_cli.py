@@ -163,3 +163,19 @@ def test_demo_trains_samples_evaluates_and_can_rerun(tmp_path, capsys, monkeypat
         code == 0
         and json.loads((out_dir / "demo.json").read_text())["test_bits_per_char"] == summary["test_bits_per_char"]
     )
+
+
+@pytest.mark.slow
+def test_sample_with_a_compiled_network_draws_as_many_calls_as_the_eager_one(corpus, tmp_path, capsys):
+    """``md4 sample --compile``: the same sampler, the network under torch.compile (which positions unmask is drawn
+    before the network is asked, so the calls are the same for a seed)."""
+    out_dir = tmp_path / "run"
+    code, _, _ = run(capsys, "train", "--data", corpus, "--out", out_dir, "--no-progress", "train.steps=2", *TINY)
+    assert code == 0
+    calls = {}
+    for flags in ((), ("--compile",)):
+        code, out, err = run(capsys, "sample", out_dir, "--num", 2, "--steps", 16, "--prompt", "To be", *flags)
+        assert code == 0 and out.count("=== sample") == 2, err
+        assert all(block.split("\n", 1)[1].startswith("To be") for block in out.split("=== sample")[1:])
+        calls[flags] = err.split(" network calls")[0].rsplit(", ", 1)[-1]
+    assert calls[()] == calls[("--compile",)]

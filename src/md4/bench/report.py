@@ -6,6 +6,7 @@ from md4.bench.suite import DTYPES, MODES
 
 TRAIN_COLUMNS = "model|mode|parameters|batch|s/step|tokens/s|MFLOP/token|TFLOP/s|MFU|compile (s)|peak RSS (MiB)"
 CUDA_TRAIN_COLUMNS = "MFU of datasheet bf16|peak CUDA (MiB)"
+SAMPLING_COLUMNS = "model|precision|ancestral sampling|NFE|seconds|s/step|token-steps/s|peak RSS (MiB)"
 
 
 def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
@@ -67,7 +68,7 @@ def format_report(report: dict, markdown: bool = False) -> str:
     header = TRAIN_COLUMNS.split("|") + (CUDA_TRAIN_COLUMNS.split("|") if cuda else [])
     lines.append(table(header, [train_cells(row, cuda) for row in report["train"]], markdown))
     if report["sampling"]:
-        header = ["model", "sampling", "seconds", "peak RSS (MiB)"] + (["peak CUDA (MiB)"] if cuda else [])
+        header = SAMPLING_COLUMNS.split("|") + (["peak CUDA (MiB)"] if cuda else [])
         rows = [sampling_cells(row, cuda) for row in report["sampling"]]
         lines += ["", table(header, rows, markdown)]
     return "\n".join(lines)
@@ -76,11 +77,17 @@ def format_report(report: dict, markdown: bool = False) -> str:
 def sampling_cells(row: dict, cuda: bool) -> list[str]:
     """One sampling row's cells."""
     if "error" in row:
-        return [row["model"]] + ["failed"] * (3 + cuda)
+        return [row["model"], row["mode"].removeprefix("sample-")] + ["failed"] * (
+            SAMPLING_COLUMNS.count("|") - 1 + cuda
+        )
     cells = [
         row["model"],
-        f"{row['samples']} x {row['steps']} steps, fp32",
-        f"{row['seconds']:.1f}",
+        row["precision"],
+        f"{row['samples']} x {row['length']}, {row['steps']} steps",
+        str(row["nfe"]),
+        f"{row['seconds']:.2f}",
+        f"{row['seconds_per_step']:.4f}",
+        f"{row['token_steps_per_second']:,.0f}",
         f"{row['peak_rss_mib']:,.0f}",
     ]
     return cells + [f"{row['peak_cuda_mib']:,.0f}"] if cuda else cells

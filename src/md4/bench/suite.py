@@ -20,7 +20,7 @@ import torch
 
 from md4.config import build_config, data_spec_guess
 from md4.data import ArrayDataset, RawCodec
-from md4.device import resolve_device
+from md4.device import autocast, resolve_device
 from md4.models import DataSpec, build_model
 from md4.nn.contract import capabilities_of
 from md4.sampling import sample
@@ -251,27 +251,48 @@ def timed_step(trainer: Trainer) -> float:
     return begin.elapsed_time(end) / 1000.0
 
 
-def sampling_row(model: BenchModel, device: str) -> dict:
-    """Seconds and peak memory of drawing :data:`SAMPLE_NUM` samples in :data:`SAMPLE_STEPS` steps (float32)."""
+def sampling_row(model: BenchModel, device: str, precision: str = "fp32", compiled: bool = False) -> dict:
+    """Drawing :data:`SAMPLE_NUM` samples in :data:`SAMPLE_STEPS` ancestral steps (``md4 sample``'s default
+    sampler) with the network in ``precision`` (``compiled``: under torch.compile, as ``md4 sample --compile``),
+    after a short untimed warm-up (which compiles): seconds, seconds per step, token-steps per second (samples x
+    length x steps / seconds), network calls and peak memory."""
     config = model_config(model, "fp32", device)
     torch.manual_seed(config.train.seed)
     network = build_model(config, data_spec_guess(config)).to(resolve_device(device)).eval()
+    if compiled:
+        network.denoiser = torch.compile(network.denoiser, dynamic=False)
     where = next(network.parameters()).device
-    synchronize(where)
-    start = time.perf_counter()
-    sample(network, SAMPLE_NUM, steps=SAMPLE_STEPS, seed=0)
-    synchronize(where)
-    return {"samples": SAMPLE_NUM, "steps": SAMPLE_STEPS, "seconds": time.perf_counter() - start, **peak_memory(where)}
+    with autocast(where, precision):
+        sample(network, SAMPLE_NUM, steps=2, seed=0)
+        synchronize(where)
+        start = time.perf_counter()
+        out = sample(network, SAMPLE_NUM, steps=SAMPLE_STEPS, seed=0)
+        synchronize(where)
+    seconds = time.perf_counter() - start
+    length = math.prod(out.tokens.shape[1:])
+    return {
+        "samples": SAMPLE_NUM,
+        "steps": SAMPLE_STEPS,
+        "precision": precision + (", compiled" if compiled else ""),
+        "length": length,
+        "nfe": out.nfe,
+        "seconds": seconds,
+        "seconds_per_step": seconds / SAMPLE_STEPS,
+        "token_steps_per_second": SAMPLE_NUM * length * SAMPLE_STEPS / seconds,
+        **peak_memory(where),
+    }
 
 
 # -------------------------------------------------------------------- suite
 def run_job(job: dict) -> dict:
-    """One benchmark in this process: a training ``mode`` of ``model``, or its sampling (``mode="sample"``)."""
+    """One benchmark in this process: a training ``mode`` of ``model``, or its sampling in a precision
+    (``mode="sample-fp32"`` or ``"sample-bf16"``, with ``-compile`` under torch.compile)."""
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     model = MODELS[job["model"]]
-    if job["mode"] == "sample":
-        return sampling_row(model, job["device"])
+    if job["mode"].startswith("sample-"):
+        precision, _, compiled = job["mode"].removeprefix("sample-").partition("-")
+        return sampling_row(model, job["device"], precision, compiled == "compile")
     return train_row(model, job["mode"], job["device"], job.get("steps"), job.get("warmup"))
 
 
@@ -310,11 +331,11 @@ def run_suite(
     log(f"md4 bench: matrix-product peak {tflops(report['peak_flops_start'])} ({time.perf_counter() - begin:.0f} s)")
     base = {"device": where.type, "threads": report["machine"]["threads"], "steps": steps, "warmup": warmup}
     jobs = [{**base, "model": m, "mode": mode} for m in models for mode in modes]
-    jobs += [{**base, "model": m, "mode": "sample"} for m in sampled]
+    jobs += [{**base, "model": m, "mode": f"sample-{precision}"} for m in sampled for precision in DTYPES]
     for job in jobs:
         start = time.perf_counter()
         row = {"model": job["model"], "mode": job["mode"], **run_in_child(job)}
-        report["sampling" if job["mode"] == "sample" else "train"].append(row)
+        report["sampling" if job["mode"].startswith("sample-") else "train"].append(row)
         log(f"md4 bench: {job['model']} {job['mode']}: {summary(row)} ({time.perf_counter() - start:.0f} s)")
     report["peak_flops_end"] = measure_peaks(where)
     log(f"md4 bench: matrix-product peak {tflops(report['peak_flops_end'])} at the end")
@@ -339,6 +360,6 @@ def summary(row: dict) -> str:
     if "error" in row:
         return f"failed ({row['error']}; its error is above)"
     if "samples" in row:
-        return f"{row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:,.0f} MiB"
+        return f"{row['seconds_per_step']:.4f} s/step, peak RSS {row['peak_rss_mib']:,.0f} MiB"
     compiled = f", compile {row['warmup_extra_s']:.0f} s" if MODES[row["mode"]][1] else ""
     return f"{row['seconds_per_step']:.3f} s/step{compiled}, peak RSS {row['peak_rss_mib']:,.0f} MiB"

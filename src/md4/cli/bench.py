@@ -46,8 +46,9 @@ def add_parser(subparsers) -> None:
         nargs="*",
         choices=list(MODELS),
         metavar="MODEL",
-        help=f"also time drawing {SAMPLE_NUM} samples in {SAMPLE_STEPS} steps with these models; none if no name is "
-        f"given (default: those of --models among {', '.join(m for m in MODELS if MODELS[m].sampled)})",
+        help=f"also time drawing {SAMPLE_NUM} samples in {SAMPLE_STEPS} ancestral steps with these models, the "
+        "network in fp32 and in bf16; none if no name is given (default: those of --models among "
+        f"{', '.join(m for m in MODELS if MODELS[m].sampled)})",
     )
     p.add_argument("--json", metavar="PATH", help="also write the full results as JSON to PATH")
     p.add_argument("--markdown", action="store_true", help="print markdown tables instead of aligned columns")
