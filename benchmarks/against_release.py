@@ -1,7 +1,8 @@
 """md4 against the authors' JAX release on this machine, side by side: a training step and a sampling step.
 
-Usage (set up the release's harness first, as ../shared/tools/release-bench/README.md says, which gives $JPY):
-    python benchmarks/against_release.py --jax-python $JPY --harness PATH/TO/release-bench/bench.py \
+Usage (JPY: a python with the release's JAX stack; HARNESS: a script that times the release's own jitted
+``train_step`` and ``MD4.sample_step`` on random tokens and prints ``median s/step: X``):
+    python benchmarks/against_release.py --jax-python $JPY --harness $HARNESS \
         [--sizes small text8] [--rounds 3]
 
 Each round runs, one after the other so that drifting load hits all alike: the release's jitted training step
