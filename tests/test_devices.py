@@ -15,7 +15,7 @@ from tiny_training import release, tiny_trainer
 
 from md4 import distributed
 from md4.config import ConfigError, build_config
-from md4.device import use_tf32
+from md4.device import autocast, fast_bf16, resolve_precision, use_tf32
 from md4.distributed import World
 from md4.training.parallel import Parallel, training_device
 
@@ -70,6 +70,30 @@ def test_sample_and_eval_use_tf32_unless_told_not_to(tmp_path, corpus, capsys, m
         code, _, err = cli(capsys, command, run_dir, "--device", "cpu", *options, *extra)
         assert code == 0, err
     assert calls == [True, False]
+
+
+@pytest.mark.parametrize("flags", [{}, {"avx512_bf16": True}, {"amx_bf16": True}, {"avx512_bf16": False, "avx2": True}])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_multiplies_bf16(monkeypatch, flags):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    expected = "bf16" if any(flags.get(name) for name in ("avx512_bf16", "amx_bf16")) else "fp32"
+    assert fast_bf16(CPU) == (expected == "bf16") and resolve_precision(CPU, "auto") == expected
+    assert resolve_precision(CPU, "fp32") == "fp32" and resolve_precision(CPU, "bf16") == "bf16"
+    with autocast(CPU, "auto"):
+        assert torch.is_autocast_enabled("cpu") == (expected == "bf16")
+    with pytest.raises(ValueError, match="Unknown precision 'fp16'; use one of auto, bf16, fp32"):
+        resolve_precision(CPU, "fp16")
+
+
+def test_sample_runs_the_network_in_bf16_by_default_where_it_is_fast(tmp_path, corpus, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = cli(
+        capsys, "train", "--data", corpus, "--out", run_dir, "--no-progress", *TINY_TEXT, "train.steps=2"
+    )
+    assert code == 0, err
+    expected = "bf16" if fast_bf16(CPU) else "fp32"
+    for extra, shown in (([], expected), (["--precision", "fp32"], "fp32"), (["--precision", "bf16"], "bf16")):
+        code, _, err = cli(capsys, "sample", run_dir, "--device", "cpu", "--num", "1", "--steps", "2", *extra)
+        assert code == 0 and f"network in {shown}," in err, err
 
 
 def test_the_trainers_samples_are_drawn_in_the_runs_precision(tmp_path):

@@ -8,6 +8,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 PRECISIONS = ("bf16", "fp32")  # network arithmetic for training, evaluation and sampling
+# sampling's choices: ``auto`` is bf16 where the hardware multiplies bf16 matrices, fp32 elsewhere (docs/guide.md)
+SAMPLING_PRECISIONS = ("auto", *PRECISIONS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,11 +24,31 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a GPU with bf16 support, or a CPU with AVX512-BF16
+    or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``precision`` with ``auto`` made concrete: bf16 where :func:`fast_bf16`, else fp32."""
+    if precision not in SAMPLING_PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; use one of {', '.join(SAMPLING_PRECISIONS)}.")
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast on the device for ``precision="bf16"``, nothing for ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    """bf16 autocast on the device for ``precision="bf16"`` (or ``auto`` where bf16 is fast), nothing for fp32."""
+    if resolve_precision(device, precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def use_tf32(device: torch.device, enabled: bool = True) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from md4.cli.options import add_model_options, check_output_file, positive
 from md4.data import ImageCodec
-from md4.device import PRECISIONS, use_tf32
+from md4.device import SAMPLING_PRECISIONS, resolve_precision, use_tf32
 from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
 from md4.generation.pictures import save_pictures
 from md4.generation.text import generate
@@ -54,7 +54,14 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_CATEGORICAL,
         help="how tokens are drawn: float64 is exact; float32-gumbel is the JAX release's (implicitly truncated)",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=SAMPLING_PRECISIONS,
+        default="auto",
+        help="network arithmetic: auto is bf16 where the hardware multiplies bf16 matrices (a GPU, or a CPU with "
+        "AVX512-BF16 or AMX; about twice as fast, the same sample quality: docs/benchmarks.md) and fp32 elsewhere; "
+        "draws stay float64 (default: %(default)s)",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
@@ -108,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(Path(args.out), "--out", "sample.png")
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
-    use_tf32(next(loaded.model.parameters()).device, not args.no_tf32)
+    device = next(loaded.model.parameters()).device
+    use_tf32(device, not args.no_tf32)
     if args.compile:  # every step calls the network on z of one shape: one graph
         loaded.model.denoiser = torch.compile(loaded.model.denoiser, dynamic=False)
     images = isinstance(loaded.codec, ImageCodec)
@@ -119,14 +127,15 @@ def run(args: argparse.Namespace) -> int:
         "grid": args.grid,
         "top_p": args.top_p,
         "categorical": args.categorical,
-        "precision": args.precision,
+        "precision": resolve_precision(device, args.precision),
         "guidance": args.guidance,
     }
     start = time.time()
     count, nfe = sample_images(args, loaded, options) if images else sample_texts(args, loaded, options)
     how = f"{args.steps} {args.grid} steps" if SAMPLERS[args.sampler].uses_grid else "no grid"
     print(
-        f"md4: {count} samples, {args.sampler} sampler, {how}, {nfe} network calls, {time.time() - start:.1f} s",
+        f"md4: {count} samples, {args.sampler} sampler, {how}, {nfe} network calls, network in "
+        f"{options['precision']}, {time.time() - start:.1f} s",
         file=sys.stderr,
     )
     return 0

@@ -115,25 +115,26 @@ class MaskedDiffusion(nn.Module, ModelKindContract):
     def masked_index(self, z: torch.Tensor) -> torch.Tensor:
         """The flat row-major positions [M] of z's masked tokens: one ``nonzero`` (one host sync on a GPU) that
         every selection of a step reuses through ``index_select``."""
-        index = (z == self.mask_id).flatten().nonzero().squeeze(1)
-        if "torch._dynamo" in sys.modules:  # torch.compile was used: a compiled denoiser takes any M unrecompiled
-            sys.modules["torch._dynamo"].maybe_mark_dynamic(index, 0)
-        return index
+        return (z == self.mask_id).flatten().nonzero().squeeze(1)
 
-    def masked_logits(
+    def logits_at(
         self, z: torch.Tensor, t: torch.Tensor, index: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The denoiser's logits [M, V] at the positions ``index`` (:meth:`masked_index`), in its own dtype.
+        """The denoiser's logits [M, V] at the flat row-major positions ``index`` [M] of z (in increasing order:
+        :meth:`masked_index`, or the positions a sampling step unmasks), in its own dtype.
 
-        A denoiser that declares ``select_index`` (or ``select``, given the boolean mask) computes its output
-        layer at those positions alone (for a large vocabulary most of a step's logits work); any other has its
-        full logits indexed.
+        A denoiser that declares ``select_index`` (or ``select``, given the boolean mask of those positions)
+        computes its output layer at those positions alone (for a large vocabulary most of a step's logits work);
+        any other has its full logits indexed.
         """
         capabilities = capabilities_of(self.denoiser)
+        if "torch._dynamo" in sys.modules:  # torch.compile was used: a compiled denoiser takes any M unrecompiled
+            sys.modules["torch._dynamo"].maybe_mark_dynamic(index, 0)
         if capabilities.select_index:
             logits = self.denoiser(z, t, labels=labels, select=index)
         elif capabilities.select:
-            logits = self.denoiser(z, t, labels=labels, select=z == self.mask_id)
+            chosen = torch.zeros(z.numel(), dtype=torch.bool, device=z.device).index_fill_(0, index, True)
+            logits = self.denoiser(z, t, labels=labels, select=chosen.view(z.shape))
         else:
             logits = self.logits(z, t, labels).reshape(-1, self.vocab_size).index_select(0, index)
         if logits.dim() != 2 or logits.shape[-1] != self.vocab_size:
@@ -155,7 +156,7 @@ class MaskedDiffusion(nn.Module, ModelKindContract):
         z_t in row-major order (:meth:`masked_index`), in float32: all the NELBO needs (unmasked positions carry no
         loss, Eq. 4). The log-softmax runs in row chunks (:func:`log_probs_at`), so its memory is bounded."""
         index = self.masked_index(z)
-        logits = self.masked_logits(z, t, index, labels)
+        logits = self.logits_at(z, t, index, labels)
         targets = x.flatten().index_select(0, index)
         return (index, *log_probs_at(logits, targets, weights, self.loss_chunk_elements))
 

@@ -59,7 +59,7 @@ def complete(
     num: int = 1,
     *,
     labels: torch.Tensor | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     **sampling: Any,
 ):
     """Fill the ``hole`` (a boolean tensor of the example's shape) of one example ``given`` [*data_shape] ``num``
@@ -95,7 +95,7 @@ def sample_grid(
     per_row: int | None = None,
     strip: bool = False,
     strip_every: int = 1,
-    precision: str = "fp32",
+    precision: str = "auto",
     **sampling: Any,
 ) -> ImageSamples:
     """Draw ``num`` images (a class-conditional model's classes in turn) or ``per_class`` of each class, laid out
@@ -103,7 +103,8 @@ def sample_grid(
 
     Args:
         strip: also draw the reverse process, one row per sample (the first ones, or every ``strip_every``-th).
-        precision: the network's arithmetic, ``fp32`` or ``bf16`` (autocast).
+        precision: the network's arithmetic: ``auto`` (bf16 where the hardware has fast bf16, else fp32), ``bf16``
+            (autocast) or ``fp32``.
         sampling: options of :func:`md4.sample` (``steps``, ``sampler``, ``grid``, ``guidance``, ``seed``, ...).
     """
     device = next(model.parameters()).device
@@ -125,7 +126,7 @@ def fill_image(
     mask: str = DEFAULT_MASK,
     labels: torch.Tensor | None = None,
     seed: int = 0,
-    precision: str = "fp32",
+    precision: str = "auto",
     **sampling: Any,
 ) -> ImageSamples:
     """Complete the ``mask`` region (:func:`image_mask`, a ``random:F`` one drawn with ``seed``) of one image

@@ -90,7 +90,7 @@ def generate(
     infill: str | None = None,
     hole: str = "_",
     labels: torch.Tensor | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     **sampling: Any,
 ) -> Generation:
     """Draw ``num`` samples from ``model`` and decode them with ``codec``.
@@ -101,7 +101,8 @@ def generate(
         prompt: text the samples start with (kept fixed).
         infill: text whose ``hole`` characters are filled in; every other token stays fixed.
         labels: class labels [num] for a class-conditional model.
-        precision: the network's arithmetic, ``fp32`` or ``bf16`` (autocast); draws stay float64 by default.
+        precision: the network's arithmetic: ``auto`` (bf16 where the hardware has fast bf16, else fp32), ``bf16``
+            (autocast) or ``fp32``; draws stay float64 by default.
         sampling: options of :func:`md4.sample` (``steps``, ``sampler``, ``grid``, ``top_p``, ``categorical``,
             ``seed`` or ``generator``).
     """

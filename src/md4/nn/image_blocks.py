@@ -15,10 +15,10 @@ import weakref
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from md4.limits import check_layers
+from md4.nn.attention import attention
 from md4.nn.contract import DenoiserCapabilities
 from md4.nn.inputs import check_time_and_labels
 from md4.nn.transformer import TRUNCATED_NORMAL_STD, timestep_embedding
@@ -87,7 +87,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, self.dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 

@@ -19,10 +19,10 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from md4.nn.attention import attention
 from md4.nn.contract import DenoiserCapabilities
 from md4.nn.inputs import check_time_and_labels
 from md4.nn.transformer_config import MLP_ACTIVATIONS, TransformerConfig
@@ -121,8 +121,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=False)
+        y = attention(q, k, v, self.attn_dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 

@@ -22,7 +22,8 @@ class ExactSampler(Sampler):
     """Jump from one unmasking event to the next: no time grid and no discretisation error.
 
     Shared schedule (MD4): every position unmasks at its own time whatever its value, so the next event time
-    is drawn directly and a sequence with D masked positions takes exactly D network calls.
+    is drawn directly and a sequence with D masked positions takes exactly D network calls; the position is drawn
+    (uniformly among the masked) before the call, so mu is computed at that one position of each sequence alone.
 
     Per-token schedule (GenMD4): going back in time a masked position unmasks to v at rate mu[v] h_v(t), so its
     rate depends on mu. Events are drawn by thinning: candidate times at the bounding rate (number masked) *
@@ -49,10 +50,9 @@ class ExactSampler(Sampler):
                 return z
             active = count > 0
             t = torch.where(active, next_unmask_time(schedule, t, count, generator), t)
-            probs = net(z, t)
-            probs = probs.reshape(batch, -1, probs.shape[-1])
             choice = categorical(masked.double(), generator, "float64")  # uniform among the masked positions
-            token = categorical(probs[torch.arange(batch, device=z.device), choice], generator, options.categorical)
+            probs = net.rows(z, t, torch.arange(batch, device=z.device) * masked.shape[1] + choice)  # [B, V]
+            token = categorical(probs, generator, options.categorical)
             z = _unmask(z, active, choice, token)
             observe(z)
 

@@ -63,10 +63,10 @@ class GridSampler(Sampler):
 
     With a shared schedule (MD4) and float64 draws the three step rules are one transition: a masked position
     unmasks with probability (a_s - a_t) / (1 - a_t) whatever mu, to a draw from mu (its nucleus for top_p). So
-    the unmasking positions are drawn first and only their rows of mu are truncated and drawn from: O(unmasking
-    x V) work per step rather than O(masked x V), for one wait on the device (gathering those rows); and a step
-    that unmasks nothing calls no network at all, time-conditioned or not, so the NFE is the number of steps
-    that change z (at most the number of masked positions, as the exact sampler's). Otherwise
+    the unmasking positions are drawn first and mu is computed, truncated and drawn from at their rows alone
+    (:meth:`Network.rows`): O(unmasking x V) work per step rather than O(B x L x V), for one wait on the device
+    (finding those positions); and a step that unmasks nothing calls no network at all, time-conditioned or not,
+    so the NFE is the number of steps that change z (at most the number of masked positions, as the exact sampler's). Otherwise
     (a per-token schedule, or the release's float32 Gumbel draw over V + 1 outcomes) the step rule is drawn at
     every position and kept at the masked ones. Both stop once nothing is masked.
     """
@@ -82,14 +82,15 @@ class GridSampler(Sampler):
     def run(self, net, schedule, z, mask_id, options, generator, observe):
         times = time_grid(options.steps, options.grid, device=z.device)
         alphas = schedule.alpha(times)  # [T + 1] or [T + 1, V], float64
-        step = self._unmask_some if not schedule.per_token and options.categorical == "float64" else self._everywhere
+        shared = not schedule.per_token and options.categorical == "float64"
+        step, mu_of = (self._unmask_some, net.rows) if shared else (self._everywhere, net)
         batch = z.shape[0]
         observe(z)
         left = int((z == mask_id).sum())
         for i in range(options.steps):
             if not left:
                 return z
-            mu = partial(net, z, times[i].expand(batch))  # called only if the step needs it
+            mu = partial(mu_of, z, times[i].expand(batch))  # called only if the step needs it
             z, unmasked = step(mu, z, alphas[i + 1], alphas[i], mask_id, options, generator)
             left -= unmasked
             observe(z)
@@ -108,11 +109,11 @@ class GridSampler(Sampler):
         return torch.where(unmasked, step, z), int(unmasked.sum())
 
     def _unmask_some(self, mu, z, alpha_s, alpha_t, mask_id, options, generator) -> tuple[torch.Tensor, int]:
-        """A shared-schedule step: the unmasking positions first, then (only if there are any) the network and their
-        tokens; z and how many there were."""
+        """A shared-schedule step: the unmasking positions first, then (only if there are any) mu at those positions
+        alone (``mu(index)``) and their tokens; z and how many there were."""
         u = torch.rand(z.shape, dtype=torch.float64, device=z.device, generator=generator)
-        chosen = ((z == mask_id) & (u < (alpha_s - alpha_t) / (1.0 - alpha_t))).nonzero(as_tuple=True)
-        if not len(chosen[0]):
+        chosen = ((z == mask_id) & (u < (alpha_s - alpha_t) / (1.0 - alpha_t))).flatten().nonzero().squeeze(1)
+        if not len(chosen):
             return z, 0
-        tokens = categorical(self._truncated(mu()[chosen], options), generator, "float64")
-        return z.index_put(chosen, tokens), len(tokens)
+        tokens = categorical(self._truncated(mu(chosen), options), generator, "float64")
+        return z.flatten().index_copy(0, chosen, tokens).view(z.shape), len(tokens)

@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from md4.core.masked import MaskedDiffusion
 from md4.core.schedule_contract import Schedule
 from md4.nn.contract import capabilities_of
 from md4.sampling.options import MAX_GUIDANCE
@@ -34,6 +35,10 @@ class Network:
     so a call with z unchanged since the previous one reuses its output: grid steps that unmask nothing then
     cost no network call.
 
+    A sampling step that needs mu at a few positions only (those it unmasks) asks for their rows
+    (:meth:`rows`): a masked-diffusion model then computes its output layer and softmax there alone, which for a
+    large vocabulary is much of a step (GPT-2's 50,257-token layer is a third of a small model's forward).
+
     Classifier-free guidance mixes the logits with and without the labels, ``l(none) + guidance * (l(labels) -
     l(none))`` ("none" is the model's "no label" id): 1 is plain conditioning, 0 ignores the labels, and more
     than 1 follows them more closely. Both are computed in one call on a doubled batch.
@@ -55,12 +60,23 @@ class Network:
         self.nfe = 0
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _logits(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _logits(self, z: torch.Tensor, t: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         if self.guidance == 1.0:
-            return self.model.logits(z, t, self.labels)
-        both = self.model.logits(torch.cat([z, z]), torch.cat([t, t]), torch.cat([self.labels, self.unlabelled]))
-        labelled, unlabelled = both.float().chunk(2)
+            return self._model_logits(z, t, self.labels, index)
+        both_index = None if index is None else torch.cat([index, index + z.numel()])
+        labels = torch.cat([self.labels, self.unlabelled])
+        labelled, unlabelled = (
+            self._model_logits(torch.cat([z, z]), torch.cat([t, t]), labels, both_index).float().chunk(2)
+        )
         return unlabelled + self.guidance * (labelled - unlabelled)
+
+    def _model_logits(self, z, t, labels, index: torch.Tensor | None) -> torch.Tensor:
+        """The model's logits at every position of z, or [M, V] at the flat positions ``index``."""
+        if index is None:
+            return self.model.logits(z, t, labels)
+        if isinstance(self.model, MaskedDiffusion):
+            return self.model.logits_at(z, t, index, labels)
+        return self.model.logits(z, t, labels).reshape(-1, self.model.vocab_size).index_select(0, index)
 
     def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.reuse and self._last is not None and torch.equal(self._last[0], z):
@@ -71,6 +87,14 @@ class Network:
         if self.reuse:
             self._last = (z.clone(), probs)
         return probs
+
+    def rows(self, z: torch.Tensor, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """mu [M, V] at the flat row-major positions ``index`` [M] of z (increasing) alone: one network call (or
+        none, reusing a time-independent denoiser's last output for the same z), the same rows as ``self(z, t)``."""
+        if self.reuse and self._last is not None and torch.equal(self._last[0], z):
+            return self._last[1].reshape(-1, self._last[1].shape[-1]).index_select(0, index)
+        self.nfe += 1
+        return F.softmax(self._logits(z, t.float(), index).float(), dim=-1)
 
 
 class Trajectory:
