@@ -29,8 +29,8 @@ ROWS = (  # (what, md4 job mode or None for the release, label)
     ("train", "bf16", "md4 bf16"),
     ("train", "fp32", "md4 fp32"),
     ("sample", None, "release (JAX, fp32, jitted)"),
-    ("sample", "sample-fp32", "md4 fp32 (md4 sample's default)"),
-    ("sample", "sample-bf16", "md4 bf16"),
+    ("sample", "sample-fp32", "md4 fp32"),
+    ("sample", "sample-bf16", "md4 bf16 (md4 sample's default with fast bf16)"),
     ("sample", "sample-fp32-compile", "md4 fp32, --compile"),
     ("sample", "sample-bf16-compile", "md4 bf16, --compile"),
 )

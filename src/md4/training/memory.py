@@ -102,7 +102,7 @@ def fit_to_memory(config: Config, net: TransformerConfig | None, num_parameters:
         return config
     t = config.train
     shards = world.size if t.parallel == "fsdp" and world.distributed else 1
-    draws = 2 if config.model.get("kind") == "genmd4" else 1
+    draws = 2 if config.model.get("kind") == "genmd4" else int(config.model.get("draws", 1))
 
     def needed(bf16: bool, checkpointing: bool):
         return lambda rows: (
