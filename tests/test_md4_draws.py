@@ -1,5 +1,6 @@
-"""MD4 with K masking draws per training sequence (``model.draws``): the K draws in one network call are the K
-separately drawn terms averaged, the loss stays an unbiased estimate of the NELBO, and its variance falls."""
+"""MD4 with K noise draws per training sequence (``model.draws``): the K draws in one network call are the K
+separately drawn terms averaged, processes that split a batch draw the noise one process would, the loss stays an
+unbiased estimate of the NELBO, and its variance falls."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tiny_training import release, tiny_config, tiny_trainer
 
 from md4 import MD4
 from md4.config import ConfigError
+from md4.core.noise import BatchShard
 from md4.nn.transformer import Transformer
 from md4.nn.transformer_config import TransformerConfig
 
@@ -50,6 +52,19 @@ def test_k_draws_in_one_call_are_the_k_terms_drawn_apart_averaged():
     masks = [model.forward_sample(x, t, g) for _ in range(3)]
     apart = torch.stack([model._masked_log_likelihood(x, z, t, None) for z in masks]).mean(0)
     torch.testing.assert_close(together, model.schedule.weight(t.double()).float() * apart)
+
+
+@torch.no_grad()
+def test_shards_of_a_batch_draw_the_noise_of_the_whole_batch():
+    model, x = MD4(Counting(), V), data()
+    whole = model.continuous_loss(x, generator=torch.Generator().manual_seed(4), draws=3)
+    halves = [
+        model.continuous_loss(
+            x[rows], generator=torch.Generator().manual_seed(4), shard=BatchShard(rows.start, 8), draws=3
+        )
+        for rows in (slice(0, 3), slice(3, 8))
+    ]
+    torch.testing.assert_close(torch.cat(halves), whole)
 
 
 @torch.no_grad()

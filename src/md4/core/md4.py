@@ -21,12 +21,12 @@ from md4.core.units import bits_per_token
 
 @dataclass
 class MD4Options(ConditioningOptions):
-    """The ``[model]`` options of ``kind = "md4"``: the masking schedule and its clamp eps, the masking draws per
+    """The ``[model]`` options of ``kind = "md4"``: the masking schedule and its clamp eps, the noise draws per
     training sequence, and conditioning."""
 
     schedule: str = "linear"
     eps: float = DEFAULT_EPS
-    draws: int = 1  # training: masking draws per sequence at its time t, averaged, in one network call
+    draws: int = 1  # training: noise draws (t, z_t) per sequence, averaged, in one network call
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,9 +43,9 @@ class MD4Options(ConditioningOptions):
 
 
 def check_draws(draws) -> None:
-    """Refuse, in one sentence, a number of masking draws that is not a positive integer."""
+    """Refuse, in one sentence, a number of noise draws that is not a positive integer."""
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"model.draws must be a positive integer (1: one masking draw per sequence), got {draws!r}.")
+        raise ValueError(f"model.draws must be a positive integer (1: one noise draw per sequence), got {draws!r}.")
 
 
 class MD4(MaskedDiffusion):
@@ -61,9 +61,9 @@ class MD4(MaskedDiffusion):
         data_shape: optional per-example shape (e.g. ``(256,)`` or ``(32, 32, 3)``), checked on input and used
             by :func:`md4.sample` as the default sample shape.
         num_classes, label_dropout: class conditioning (see :class:`MaskedDiffusion`).
-        draws: masking draws K per training sequence: the training loss averages K draws of z_t ~ q(z_t | x) at
-            the sequence's one time t, all K in one network call on a K-fold batch (an unbiased estimate of the
-            same NELBO with lower variance, for K times the network's work). Evaluation draws as it is told.
+        draws: noise draws K per training sequence: the training loss averages K draws of (t, z_t ~ q(z_t | x)),
+            the times antithetic over all K B rows, all in one network call on a K-fold batch (an unbiased estimate
+            of the same NELBO with lower variance, for K times the network's work). Evaluation draws as it is told.
     """
 
     kind = "md4"
@@ -124,16 +124,6 @@ class MD4(MaskedDiffusion):
         index, logp_x, _ = self.masked_log_probs(x, z, t, labels)
         return self.sum_masked(index, logp_x, x.shape)
 
-    def _mean_over_draws(self, x, t, labels, generator, shard, draws: int) -> torch.Tensor:
-        """The mean over ``draws`` masks z_t ~ q(z_t | x) at the same t of sum over masked n of log mu[n, x_n],
-        per sequence [B]; the draws share one network call on a ``draws``-fold batch."""
-        if draws == 1:
-            return self._masked_log_likelihood(x, self.forward_sample(x, t, generator, shard), t.float(), labels)
-        z = torch.cat([self.forward_sample(x, t, generator, shard) for _ in range(draws)])
-        xx, tt = x.repeat(draws, *([1] * (x.dim() - 1))), t.float().repeat(draws)
-        ll = None if labels is None else labels.repeat(draws)
-        return self._masked_log_likelihood(xx, z, tt, ll).view(draws, x.shape[0]).mean(0)
-
     # ----------------------------------------------------------------- losses
     def continuous_loss(
         self,
@@ -144,18 +134,38 @@ class MD4(MaskedDiffusion):
         shard: BatchShard | None = None,
         draws: int = 1,
     ) -> torch.Tensor:
-        """Estimate of the diffusion term of L_inf (paper Eq. 4), nats per sequence [B].
+        """One-sample estimate of the diffusion term of L_inf (paper Eq. 4), nats per sequence [B] (the mean of
+        ``draws`` of them: :meth:`_mean_of_draws`).
 
-        w(t) * sum_{masked n} log mu(z_t, t)[n, x_n] with w = alpha'/(1 - alpha), averaged over ``draws`` masks
-        z_t at the one t of each sequence; t is antithetic if not given.
+        w(t) * sum_{masked n} log mu(z_t, t)[n, x_n] with w = alpha'/(1 - alpha); t is antithetic if not given.
         """
         self._check_input(x)
+        if draws > 1:
+            return self._mean_of_draws(x, t, labels, generator, shard, draws)
         if t is None:
             t = antithetic_times(x.shape[0], x.device, generator, shard)
         else:
             self._check_times(t, x.shape[0])
+        z = self.forward_sample(x, t, generator, shard)
         weight = self.schedule.weight(t.double()).float()
-        return weight * self._mean_over_draws(x, t, labels, generator, shard, draws)
+        return weight * self._masked_log_likelihood(x, z, t.float(), labels)
+
+    def _mean_of_draws(self, x, t, labels, generator, shard, draws: int) -> torch.Tensor:
+        """The diffusion term averaged over ``draws`` draws of (t, z_t) per sequence, all in one network call on a
+        ``draws``-fold batch: the times antithetic over every draw of every row of the (whole, sharded) batch, or
+        each draw at the given t [B]; [B]."""
+        batch = x.shape[0]
+        if t is None:
+            start, total = (0, batch) if shard is None else (shard.start, shard.total)
+            t = antithetic_times(draws * total, x.device, generator).view(draws, total)[:, start : start + batch]
+        else:
+            self._check_times(t, batch)
+            t = t.expand(draws, batch)
+        z = torch.cat([self.forward_sample(x, t[k], generator, shard) for k in range(draws)])
+        times = t.reshape(-1)
+        repeated = x.repeat(draws, *([1] * (x.dim() - 1)))
+        ll = self._masked_log_likelihood(repeated, z, times.float(), None if labels is None else labels.repeat(draws))
+        return (self.schedule.weight(times.double()).float() * ll).view(draws, batch).mean(0)
 
     def discrete_loss(
         self,
@@ -218,7 +228,7 @@ class MD4(MaskedDiffusion):
         generator: torch.Generator | None = None,
         shard: BatchShard | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training objective: the continuous NELBO averaged over the batch (and over ``draws`` masks of each
+        """Training objective: the continuous NELBO averaged over the batch (and over ``draws`` noise draws of each
         sequence), in nats per token.
 
         Returns the scalar to backpropagate and detached metrics (nats per sequence and bits per token).
