@@ -146,6 +146,22 @@ def test_kv_cache_sampling_draws_the_uncached_tokens(prefix, options):
     assert torch.equal(out.tokens, cached) and out.nfe == nfe
 
 
+def test_images_are_sequences_in_raster_order_with_axial_positions():
+    shape = (2, 3, 2)  # H, W, C
+    model = Autoregressive(causal_net(15, axial_positions=True, data_shape=shape), V, shape)
+    init = torch.full((4, *shape), V)
+    init[:, 0] = 1  # the first row given: a raster-order prefix
+    settings = SamplingOptions(top_p=1.0)
+    (cached, nfe), (uncached, _) = (
+        left_to_right(model, init, settings, torch.Generator().manual_seed(16), lambda z: None, use_cache=cached)
+        for cached in (True, False)
+    )
+    assert torch.equal(cached, uncached) and cached.shape == (4, *shape) and nfe == 6
+    assert torch.equal(cached[:, 0], init[:, 0])
+    with pytest.raises(ValueError, match="no holes to infill"):
+        sample(model, init=torch.where(torch.arange(12).view(shape) % 2 == 0, 1, V)[None])
+
+
 def first_token_frequencies(model, n: int, **options) -> torch.Tensor:
     tokens = sample(model, n, seed=11, **options).tokens[:, 0]
     return torch.bincount(tokens, minlength=V).double() / n
