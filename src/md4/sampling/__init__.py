@@ -171,14 +171,7 @@ def sample(
         device = torch.device(device) if device is not None else _model_device(model)
         z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
     if labels is not None:
-        classes = model.num_classes
-        if classes is None:
-            raise ValueError("Labels were given but the model is not class-conditional; leave them out.")
-        if labels.shape != (z.shape[0],) or int(labels.min()) < 0 or int(labels.max()) > classes:
-            raise ValueError(
-                f"labels must be one class id per sample in 0..{classes - 1} ({classes} means no label), "
-                f"got shape {tuple(labels.shape)} and ids {int(labels.min())}..{int(labels.max())}."
-            )
+        _check_labels(labels, model.num_classes, z.shape[0])
     generator = _resolve_generator(generator, seed, z.device)
     trajectory = Trajectory(snapshots, mask_id)
     if in_order:
@@ -187,6 +180,17 @@ def sample(
     net = Network(model, labels, guidance)
     tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, trajectory)
     return SampleOutput(tokens=tokens, nfe=net.nfe, trajectory=trajectory.states)
+
+
+def _check_labels(labels: torch.Tensor, classes: int | None, num_samples: int) -> None:
+    """Refuse, in one sentence, labels that are not one class id (or the "no label" id) per sample."""
+    if classes is None:
+        raise ValueError("Labels were given but the model is not class-conditional; leave them out.")
+    if labels.shape != (num_samples,) or int(labels.min()) < 0 or int(labels.max()) > classes:
+        raise ValueError(
+            f"labels must be one class id per sample in 0..{classes - 1} ({classes} means no label), "
+            f"got shape {tuple(labels.shape)} and ids {int(labels.min())}..{int(labels.max())}."
+        )
 
 
 def _check_in_order(model, in_order: bool, temperature: float, guidance: float) -> None:
