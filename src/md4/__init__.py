@@ -1,12 +1,13 @@
 """md4: masked (absorbing) discrete diffusion (MD4, Shi et al., NeurIPS 2024) in PyTorch.
 
 The public API: masking schedules (modules owned by the model), the :class:`MD4` and :class:`GenMD4` objectives
-around any denoiser, the samplers (:func:`sample`, one :data:`SAMPLERS` entry each), text generation with prompts and
+around any denoiser, the :class:`Autoregressive` baseline, the samplers (:func:`sample`, one :data:`SAMPLERS` entry each), text generation with prompts and
 infilling (:func:`generate`), the bidirectional :class:`Transformer` denoiser, and the registries that build
 a model from a config (:func:`build_model`, :data:`MODEL_KINDS`, :data:`NETWORKS`).
 """
 
 from md4 import _moved
+from md4.core.ar import Autoregressive
 from md4.core.genmd4 import GenMD4, GenMD4Options
 from md4.core.md4 import MD4, MD4Options
 from md4.core.noise import antithetic_times
@@ -46,6 +47,7 @@ __all__ = [
     "NETWORKS",
     "SAMPLERS",
     "SAMPLER_NAMES",
+    "Autoregressive",
     "CosineSchedule",
     "DataSpec",
     "GenMD4",

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from md4.core.kind_contract import DISCRETE, ModelKindContract
+from md4.core.kind_contract import DISCRETE, EXACT, ModelKindContract
 from md4.core.noise import BatchShard
 from md4.core.units import bits_per_token, perplexity
 from md4.data import (
@@ -35,6 +35,11 @@ def unit_of(codec) -> str:
 def has_discrete_bound(model) -> bool:
     """Whether the model's kind has the discrete-time bound L_T (Eq. 3) besides the continuous one (Eq. 4)."""
     return isinstance(model, ModelKindContract) and DISCRETE in model.bounds
+
+
+def is_exact(model) -> bool:
+    """Whether the model's ``nelbo`` is its exact negative log-likelihood (an autoregressive model), not a bound."""
+    return isinstance(model, ModelKindContract) and EXACT in model.bounds
 
 
 @dataclass
@@ -217,17 +222,20 @@ def evaluate_run(
     on_bound: Callable[[str, BoundEstimate], None] | None = None,
 ) -> RunEvaluation:
     """Estimate a loaded run's continuous-time bound (Eq. 4) and, when its kind has one and ``steps`` is not None,
-    the discrete-time bound with T = ``steps`` (Eq. 3) on held-out data (:func:`held_out_batches`; batches of
+    the discrete-time bound with T = ``steps`` (Eq. 3), or, for an autoregressive run, its exact negative
+    log-likelihood (``exact``: one draw, since every draw is the same), on held-out data (:func:`held_out_batches`; batches of
     the run's batch size by default), each with :func:`estimate_nelbo`, in micro-batches of at most
     ``micro_batch`` rows (default: the run's training micro-batch, ``train.batch_size / train.grad_accum``).
 
     ``progress(label, held_out)`` is called as each bound starts and returns the batches to use (e.g. wrapped
-    in a progress bar); ``on_bound(label, estimate)`` as each one ends. Labels are ``continuous`` and
-    ``discrete T=steps``.
+    in a progress bar); ``on_bound(label, estimate)`` as each one ends. Labels are ``continuous``,
+    ``discrete T=steps`` and ``exact``.
     """
     batch_size = batch_size or run.config.train.batch_size
     micro_batch = micro_batch or training_micro_batch(run.config.train)
-    bounds = [("continuous", "continuous", None)]
+    exact = is_exact(run.model)
+    bounds = [(EXACT, EXACT, None)] if exact else [("continuous", "continuous", None)]
+    draws = 1 if exact else draws
     if steps is not None and has_discrete_bound(run.model):
         bounds.append(("discrete", f"discrete T={steps}", steps))
     estimates, description = {}, ""

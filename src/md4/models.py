@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from md4.core.ar import AROptions, Autoregressive
 from md4.core.genmd4 import GenMD4, GenMD4Options
 from md4.core.md4 import MD4, MD4Options
 from md4.nn.transformer import Transformer, TransformerConfig
@@ -64,6 +65,7 @@ class Network:
 MODEL_KINDS: dict[str, ModelKind] = {
     "md4": ModelKind(MD4Options, MD4.build),
     "genmd4": ModelKind(GenMD4Options, GenMD4.build),
+    "ar": ModelKind(AROptions, Autoregressive.build),
 }
 NETWORKS: dict[str, Network] = {
     "transformer": Network(TransformerConfig, Transformer),

@@ -10,9 +10,10 @@ def describe(trainer, resume: bool, note: str = "") -> str:
     model = trainer.config.model
     params = sum(p.numel() for p in trainer.model.parameters())
     start = f"resuming at step {trainer.step}" if resume else "training"
+    article = "an" if model["kind"] == "ar" else "a"  # "an ar model"; the other kinds read as before
     classes = class_counts(trainer.data)
     return (
-        f"md4: {start} a {model['kind']} model ({model['net']}, {params:,} parameters) on {trainer.config.data.name}"
+        f"md4: {start} {article} {model['kind']} model ({model['net']}, {params:,} parameters) on {trainer.config.data.name}"
         f"{f' ({classes})' if classes else ''} into {trainer.run_dir}{f'; {note}' if note else ''}"
     )
 

@@ -1,4 +1,5 @@
-"""``md4 eval``: the likelihood bounds of a run on held-out data, as text or JSON."""
+"""``md4 eval``: the likelihood bounds of a run on held-out data (an autoregressive run's exact likelihood), as text
+or JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from tqdm.auto import tqdm
 
 from md4.cli.options import add_model_options, positive
+from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
 from md4.evaluate import DEFAULT_BOUND_STEPS, BoundEstimate, evaluate_run, unit_of
 from md4.held_out import HeldOut
@@ -19,14 +21,20 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="likelihood bounds on held-out data",
-        description="NELBO bounds (continuous time and discrete T) in bits/token and perplexity.",
+        description="NELBO bounds (continuous time and discrete T) in bits/token and perplexity; for an "
+        "autoregressive run (model.kind=ar), its exact negative log-likelihood.",
     )
     p.add_argument("run", help="run directory written by md4 train")
     p.add_argument("--split", default="test", help="test or valid split of the run's dataset (default: %(default)s)")
     p.add_argument(
         "--data", help="another dataset: a recipe name or any text file (encoded with the model's tokenizer)"
     )
-    p.add_argument("--draws", type=int, default=1, help="Monte-Carlo draws K per sequence (default: %(default)s)")
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="Monte-Carlo draws K per sequence; an exact likelihood takes none (default: %(default)s)",
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -58,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     unit = unit_of(loaded.codec)  # bits per dimension for images, per character for character-level text
 
     def progress(label: str, held_out: HeldOut):
-        if label == "continuous" and not args.json:
+        if label in ("continuous", EXACT) and not args.json:
             print(f"md4 eval: {held_out.description}, step {loaded.step}, {weights} weights, {args.precision}")
         return tqdm(
             held_out.batches,
@@ -71,7 +79,13 @@ def run(args: argparse.Namespace) -> int:
         )
 
     def show(label: str, est: BoundEstimate) -> None:
-        if not args.json:
+        if label == EXACT and not args.json:
+            print(
+                f"NLL (exact): {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/{unit}, "
+                f"perplexity = {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "
+                "exact: no Monte-Carlo draws, not a bound)"
+            )
+        elif not args.json:
             print(
                 f"{label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/{unit}, "
                 f"perplexity <= {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from md4.cli.options import add_model_options, check_output_file, positive
+from md4.core.ar import AUTOREGRESSIVE
 from md4.data import ImageCodec
 from md4.device import SAMPLING_PRECISIONS, resolve_precision, use_tf32
 from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
@@ -27,6 +28,7 @@ from md4.sampling import (
     GRIDS,
     MAX_GUIDANCE,
     SAMPLERS,
+    default_sampler,
 )
 from md4.sampling.labels import class_labels
 
@@ -40,13 +42,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse steps T (default: %(default)s)")
     p.add_argument(
         "--sampler",
-        choices=list(SAMPLERS),
-        default=DEFAULT_SAMPLER,
-        help="; ".join(f"{name}: {sampler.description}" for name, sampler in SAMPLERS.items()),
+        choices=[*SAMPLERS, AUTOREGRESSIVE],
+        help="; ".join(f"{name}: {sampler.description}" for name, sampler in SAMPLERS.items())
+        + f"; {AUTOREGRESSIVE}: left to right, one network pass per token (ar runs, whose only sampler it is) "
+        f"(default: {DEFAULT_SAMPLER}, or {AUTOREGRESSIVE} for an ar run)",
     )
     p.add_argument("--grid", choices=GRIDS, default=DEFAULT_GRID, help="time grid (default: %(default)s)")
     p.add_argument(
-        "--top-p", type=float, default=DEFAULT_TOP_P, help="nucleus mass for --sampler top_p (default: %(default)s)"
+        "--top-p",
+        type=float,
+        help=f"nucleus mass for --sampler top_p (default: {DEFAULT_TOP_P}) and {AUTOREGRESSIVE} (default: 1, none)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help=f"{AUTOREGRESSIVE} sampler: draw from softmax(logits / temperature), 0 the most likely token "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--categorical",
@@ -121,20 +133,30 @@ def run(args: argparse.Namespace) -> int:
         loaded.model.denoiser = torch.compile(loaded.model.denoiser, dynamic=False)
     images = isinstance(loaded.codec, ImageCodec)
     check_sample_options(args, loaded, images)
+    sampler = args.sampler or default_sampler(loaded.model)
+    if sampler == AUTOREGRESSIVE and args.infill is not None:
+        raise ValueError(
+            f"--infill fills holes anywhere, but {args.run} samples left to right ({AUTOREGRESSIVE}); "
+            "use --prompt, or an md4 run to infill."
+        )
     options = {
         "steps": args.steps,
-        "sampler": args.sampler,
+        "sampler": sampler,
         "grid": args.grid,
         "top_p": args.top_p,
+        "temperature": args.temperature,
         "categorical": args.categorical,
         "precision": resolve_precision(device, args.precision),
         "guidance": args.guidance,
     }
     start = time.time()
     count, nfe = sample_images(args, loaded, options) if images else sample_texts(args, loaded, options)
-    how = f"{args.steps} {args.grid} steps" if SAMPLERS[args.sampler].uses_grid else "no grid"
+    if sampler == AUTOREGRESSIVE:
+        how = "left to right"
+    else:
+        how = f"{args.steps} {args.grid} steps" if SAMPLERS[sampler].uses_grid else "no grid"
     print(
-        f"md4: {count} samples, {args.sampler} sampler, {how}, {nfe} network calls, network in "
+        f"md4: {count} samples, {sampler} sampler, {how}, {nfe} network calls, network in "
         f"{options['precision']}, {time.time() - start:.1f} s",
         file=sys.stderr,
     )

@@ -20,6 +20,7 @@ from torch import nn
 from md4.core.noise import BatchShard
 
 CONTINUOUS, DISCRETE = "continuous", "discrete"  # the continuous-time bound (Eq. 4); the discrete-time L_T (Eq. 3)
+EXACT = "exact"  # no bound but the exact negative log-likelihood (an autoregressive model's): no randomness
 
 
 class ModelKindContract(ABC):
@@ -29,8 +30,9 @@ class ModelKindContract(ABC):
     does DistributedDataParallel when it wraps the model."""
 
     kind: ClassVar[str]  # the name in the registry (``[model] kind``)
-    bounds: ClassVar[tuple[str, ...]] = (CONTINUOUS,)
-    samplers: ClassVar[tuple[str, ...] | None] = None  # the samplers that apply; None: every registered one
+    bounds: ClassVar[tuple[str, ...]] = (CONTINUOUS,)  # or (EXACT,): nelbo is the exact NLL, the same every draw
+    # the samplers that apply, the first the kind's default; None: every one in md4.sampling.SAMPLERS
+    samplers: ClassVar[tuple[str, ...] | None] = None
 
     vocab_size: int
     data_shape: tuple[int, ...] | None
@@ -57,7 +59,8 @@ class ModelKindContract(ABC):
         shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """One Monte-Carlo draw of a bound in nats per sequence [B]: continuous time for ``num_steps=None``, the
-        discrete-time bound with T steps otherwise (only for kinds whose ``bounds`` hold ``discrete``)."""
+        discrete-time bound with T steps otherwise (only for kinds whose ``bounds`` hold ``discrete``); for a kind
+        whose ``bounds`` are ``(EXACT,)``, the exact negative log-likelihood (``num_steps=None``)."""
 
     def training_objective(
         self,
@@ -78,6 +81,8 @@ class ModelKindContract(ABC):
     def check_bound(cls, num_steps: int | None) -> None:
         """Refuse, in one sentence, a bound this kind does not have."""
         wanted = CONTINUOUS if num_steps is None else DISCRETE
+        if num_steps is None and EXACT in cls.bounds:
+            return
         if wanted not in cls.bounds:
             raise ValueError(
                 f"A {cls.kind} model has only the {' and '.join(cls.bounds)} bound, not the {wanted}-time one; "

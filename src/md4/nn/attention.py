@@ -1,4 +1,4 @@
-"""Scaled dot-product attention with dropout on its probabilities that is cheap on a CPU.
+"""Scaled dot-product attention, bidirectional or causal, with dropout on its probabilities that is cheap on a CPU.
 
 ``softmax(q k^T / sqrt(d)) v`` (Vaswani et al. 2017) through torch's fused kernels; in training with attention
 dropout on a CPU, where those kernels have no dropout and torch falls back to an unfused path that draws one
@@ -28,17 +28,35 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> tuple[t
     return lanes < kept - KEEP_LEVELS // 2, KEEP_LEVELS / kept
 
 
-def dropped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, scale: float):
+def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """``[queries, keys]`` booleans: the last ``queries`` of ``keys`` positions each see themselves and the
+    positions before them (bottom-right aligned, so queries appended to a cache of earlier keys see all of it)."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+
+
+def dropped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, scale: float, causal: bool = False
+):
     """``(softmax(q k^T / sqrt(d)) * keep * scale) v`` for ``q, k, v [..., L, d]`` and a mask ``keep [..., L, L]``;
-    the softmax in at least float32, its product with v in v's dtype."""
+    the softmax in at least float32, its product with v in v's dtype; ``causal``: scores of later keys are -inf."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     return torch.matmul(torch.where(keep, probs * scale, 0.0), v)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
-    """Non-causal attention of ``q, k, v [B, H, L, d]`` with dropout ``dropout`` on the probabilities in training."""
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, training: bool, causal: bool = False
+) -> torch.Tensor:
+    """Attention of ``q [B, H, L, d]`` over ``k, v [B, H, S, d]`` with dropout ``dropout`` on the probabilities in
+    training. ``causal``: query i sees keys up to its own position, the queries being the last L of the S
+    positions (L = S in training; L < S when new tokens attend to a cache of earlier ones)."""
     p = dropout if training else 0.0
     if p > 0.0 and q.device.type == "cpu":
-        return dropped_attention(q, k, v, *keep_mask((*q.shape[:-1], k.shape[-2]), p, q.device))
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=False)
+        return dropped_attention(q, k, v, *keep_mask((*q.shape[:-1], k.shape[-2]), p, q.device), causal)
+    queries, keys = q.shape[-2], k.shape[-2]
+    if causal and 1 < queries < keys:  # SDPA's is_causal aligns the mask top-left: give it bottom-right
+        return F.scaled_dot_product_attention(q, k, v, causal_mask(queries, keys, q.device), dropout_p=p)
+    # one query after a cache sees every key; L = S is SDPA's own causal mask
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal and queries == keys)

@@ -26,6 +26,10 @@ class DenoiserCapabilities:
     select_index: bool = False
     time_independent: bool = False  # the output ignores t, so samplers may reuse it while z is unchanged
     checkpointing: bool = False  # has a ``checkpointing`` switch: recompute each block's activations in backward
+    causal: bool = False  # the logits at a position depend on z only there and before it (row-major order)
+    # ``denoiser(ids [B, n], t, cache=cache)`` continues the sequence in ``cache`` (:class:`md4.nn.kv_cache.KVCache`)
+    # by n tokens at its next positions: one pass per new token for left-to-right sampling
+    cache: bool = False
 
 
 NO_CAPABILITIES = DenoiserCapabilities()

@@ -1,4 +1,5 @@
-"""Bidirectional transformer denoiser, following the text network of the MD4 release.
+"""Bidirectional transformer denoiser, following the text network of the MD4 release; made causal (with a KV cache
+for incremental decoding) it is also the network of the autoregressive baseline.
 
 Shi et al., "Simplified and Generalized Masked Diffusion for Discrete Data", NeurIPS 2024 (arXiv 2406.04329),
 and the authors' JAX release (github.com/google-deepmind/md4, ``md4/networks/transformer.py``): RoPE attention
@@ -25,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from md4.nn.attention import attention
 from md4.nn.contract import DenoiserCapabilities
 from md4.nn.inputs import check_time_and_labels
+from md4.nn.kv_cache import KVCache, LayerCache
 from md4.nn.transformer_config import MLP_ACTIVATIONS, TransformerConfig
 
 INIT_STD = 0.02
@@ -106,22 +108,27 @@ def _modulation(config: TransformerConfig, n: int) -> nn.Sequential:
 
 
 class Attention(nn.Module):
-    """Non-causal multi-head self-attention with a fused qkv projection, RoPE and dropout on the
-    attention probabilities in training mode."""
+    """Multi-head self-attention (bidirectional, or causal with ``config.causal``) with a fused qkv projection,
+    RoPE and dropout on the attention probabilities in training mode; a causal one may extend a KV cache."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
+        self.causal = config.causal
         self.attn_dropout = config.attn_dropout
         self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
         self.out = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerCache | None = None
+    ) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = attention(q, k, v, self.attn_dropout, self.training)
+        if cache is not None:  # the new positions' queries see every cached key and value
+            k, v = cache.extend(k, v)
+        y = attention(q, k, v, self.attn_dropout, self.training, self.causal)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -160,12 +167,19 @@ class Block(nn.Module):
             self.norm2 = RMSNorm(config.dim, config.norm_eps)
             self.modulation = None
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
         if self.modulation is None:
-            x = x + self.dropout(self.attn(self.norm1(x), cos, sin))
+            x = x + self.dropout(self.attn(self.norm1(x), cos, sin, cache))
             return x + self.dropout(self.mlp(self.norm2(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)
-        x = x + gate1 * self.dropout(self.attn(_modulate(self.norm1(x), shift1, scale1), cos, sin))
+        x = x + gate1 * self.dropout(self.attn(_modulate(self.norm1(x), shift1, scale1), cos, sin, cache))
         return x + gate2 * self.dropout(self.mlp(_modulate(self.norm2(x), shift2, scale2)))
 
 
@@ -182,7 +196,9 @@ class Transformer(nn.Module):
     Any trailing shape (text ``[B, L]``, pixels ``[B, H, W, C]``) is flattened into one sequence; with
     ``axial_positions`` each position also gets the sum of learned per-axis embeddings of its coordinates.
     With ``time_conditioning="none"`` the output ignores ``t`` (declared ``time_independent``), which lets
-    samplers cache logits between steps where nothing was unmasked.
+    samplers cache logits between steps where nothing was unmasked. With ``causal=True`` each position attends
+    to itself and the positions before it (row-major), and ``cache=KVCache`` decodes a sequence incrementally
+    (both declared: ``causal``, ``cache``).
     """
 
     capabilities = DenoiserCapabilities(select=True, select_index=True, checkpointing=True)
@@ -195,7 +211,9 @@ class Transformer(nn.Module):
         self.config = config
         self.vocab_size = config.vocab_size
         time_independent = config.time_conditioning == "none"
-        self.capabilities = dataclasses.replace(type(self).capabilities, time_independent=time_independent)
+        self.capabilities = dataclasses.replace(
+            type(self).capabilities, time_independent=time_independent, causal=config.causal, cache=config.causal
+        )
         d, c = config.dim, config.conditioning_width
 
         if config.outside_embed_dim is None:
@@ -314,13 +332,46 @@ class Transformer(nn.Module):
             )
         return select
 
+    def _embed(self, ids: torch.Tensor, start: int, shape: list[int], whole: bool) -> torch.Tensor:
+        """Token embeddings of ``ids [B, n]`` at positions ``start .. start + n - 1`` with the learned absolute or
+        axial positions, if any; ``whole``: ids are whole examples of ``shape`` (else a cache's next positions)."""
+        end = start + ids.shape[1]
+        x = self.embed(ids)
+        if self.position_embed is not None:
+            if end > self.config.max_positions:
+                raise ValueError(
+                    f"The input has {end} positions but max_positions="
+                    f"{self.config.max_positions}; raise max_positions in the model config."
+                )
+            x = x + self.position_embed(torch.arange(start, end, device=ids.device))
+        if self.axial_embed is not None:
+            if whole and tuple(shape) != self.config.data_shape:
+                raise ValueError(
+                    f"The input has example shape {tuple(shape)} but axial positions were built for data_shape="
+                    f"{self.config.data_shape}; pass examples of that shape."
+                )
+            table = self._axial_positions()
+            if end > table.shape[0]:
+                raise ValueError(f"The cache would reach position {end} but an example has {table.shape[0]}.")
+            x = x + (table if whole else table[start:end])
+        return x
+
     def forward(
-        self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, select: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        select: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, *shape, V]`` over the real tokens for every position of ``z``; with a boolean ``select``
         of z's shape, or the 1-D index of its positions in ``z.flatten()`` (no host sync), the logits ``[M, V]`` of
         the M selected positions alone, in that order (the same as indexing the full logits), so the output
         layer runs only where a loss needs it.
+
+        With ``cache`` (an empty :class:`md4.nn.kv_cache.KVCache` at first; causal networks), ``z [B, n]`` continues the flattened sequences held in
+        the cache at its next n positions, whose keys and values it appends; the logits ``[B, n, V]`` are those a
+        pass over the whole sequence gives at those positions.
 
         Token ranges are not checked here (that would sync the GPU); the diffusion wrapper does it.
         """
@@ -329,30 +380,22 @@ class Transformer(nn.Module):
         ids = z.reshape(batch, -1)
         if ids.dtype not in (torch.int32, torch.int64):
             ids = ids.long()
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        x = self.embed(ids)
-        if self.position_embed is not None:
-            if ids.shape[1] > self.config.max_positions:
-                raise ValueError(
-                    f"The input has {ids.shape[1]} positions but max_positions="
-                    f"{self.config.max_positions}; raise max_positions in the model config."
-                )
-            x = x + self.position_embed(positions)
-        if self.axial_embed is not None:
-            if tuple(shape) != self.config.data_shape:
-                raise ValueError(
-                    f"The input has example shape {tuple(shape)} but axial positions were built for data_shape="
-                    f"{self.config.data_shape}; pass examples of that shape."
-                )
-            x = x + self._axial_positions()
-        x = self.embed_dropout(x)
+        if cache is not None and (not self.config.causal or select is not None):
+            raise ValueError("A KV cache needs a causal network (causal=True) and no select; drop one of them.")
+        start = 0 if cache is None else cache.length
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        x = self.embed_dropout(self._embed(ids, start, shape, cache is None))
         c = self._condition(t, labels)
         cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
-        for block in self.blocks:
-            if self.checkpointing and torch.is_grad_enabled():
+        for layer, block in enumerate(self.blocks):
+            if cache is not None:
+                x = block(x, c, cos, sin, cache.layer(layer))
+            elif self.checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, cos, sin, use_reentrant=False)
             else:
                 x = block(x, c, cos, sin)
+        if cache is not None:
+            cache.advance(ids.shape[1])
         x = self.final_norm(x)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)

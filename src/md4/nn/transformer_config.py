@@ -66,6 +66,9 @@ class TransformerConfig:
     attn_dropout: float = 0.0
     # "gpt2": N(0, 0.02) with depth-scaled residual projections; "release": the release's lecun-normal scheme.
     init: str = "gpt2"
+    # Causal attention: position n attends to positions <= n only (row-major), for an autoregressive model
+    # (model.kind=ar); the network then also decodes incrementally with a KV cache.
+    causal: bool = False
 
     def __post_init__(self) -> None:
         if self.mlp_type not in MLP_ACTIVATIONS:

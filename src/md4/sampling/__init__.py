@@ -17,6 +17,11 @@ Unmasked positions never change. Each sampler name maps to one complete sampler 
 - ``confident``: not the reverse process but MaskGIT's parallel decoding (Chang et al. 2022): each of ``steps``
   calls unmasks the masked positions where mu is most confident (approximate).
 
+An autoregressive model (``model.kind = "ar"``) has no reverse process: it declares the one sampler
+``autoregressive`` (:mod:`md4.sampling.autoregressive`, left to right with temperature and top-p, one network pass
+per token with a KV cache), which :func:`sample` runs for it; it is not in :data:`SAMPLERS`, whose entries all run
+the masked reverse process.
+
 Time grids are ``uniform`` or ``cosine``. Categorical draws are exact in float64 by default (inverse CDF);
 ``categorical="float32-gumbel"`` uses float32 Gumbel-max like the JAX release, which can never pick tokens
 below ~1e-8 probability and so acts as an implicit top-p (paper Sec. 6). mu itself is float32: the float64
@@ -29,8 +34,10 @@ from __future__ import annotations
 
 import torch
 
+from md4.core.ar import AUTOREGRESSIVE, Autoregressive
 from md4.core.kind_contract import ModelKindContract
 from md4.core.tokens import check_tokens
+from md4.sampling.autoregressive import left_to_right
 from md4.sampling.confident import ConfidentSampler
 from md4.sampling.draws import categorical, nucleus, prefix_init, time_grid
 from md4.sampling.exact import ExactSampler, next_unmask_time
@@ -60,6 +67,13 @@ SAMPLERS: dict[str, Sampler] = {
     "confident": ConfidentSampler(),
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
+
+
+def default_sampler(model) -> str:
+    """The sampler :func:`sample` uses when none is named: the first a model kind declares, else ``ancestral``."""
+    if isinstance(model, ModelKindContract) and model.samplers is not None:
+        return model.samplers[0]
+    return DEFAULT_SAMPLER
 
 
 def get_sampler(name: str) -> Sampler:
@@ -92,10 +106,11 @@ def sample(
     *,
     shape: tuple[int, ...] | None = None,
     steps: int = DEFAULT_STEPS,
-    sampler: str = DEFAULT_SAMPLER,
+    sampler: str | None = None,
     grid: str = DEFAULT_GRID,
-    top_p: float = DEFAULT_TOP_P,
+    top_p: float | None = None,
     categorical: str = DEFAULT_CATEGORICAL,
+    temperature: float = 1.0,
     init: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     guidance: float = DEFAULT_GUIDANCE,
@@ -112,10 +127,12 @@ def sample(
             does not apply to it.
         num_samples: how many samples; with ``shape`` (default ``model.data_shape``) it gives z_1's shape.
         steps: reverse steps T on the time grid (unused by ``exact``); network calls for ``confident``.
-        sampler: a name in :data:`SAMPLERS`: ``ancestral``, ``top_p``, ``mean``, ``exact`` or ``confident``.
+        sampler: a name in :data:`SAMPLERS`: ``ancestral``, ``top_p``, ``mean``, ``exact`` or ``confident``; or
+            ``autoregressive`` for an ar model (:func:`default_sampler` when None: ar models' is autoregressive).
         grid: ``uniform`` or ``cosine`` time grid.
-        top_p: nucleus mass for ``top_p``.
+        top_p: nucleus mass for ``top_p`` (None: 0.98) and ``autoregressive`` (None: 1, the whole distribution).
         categorical: ``float64`` (exact draws) or ``float32-gumbel`` (the release's truncating draws).
+        temperature: ``autoregressive`` only: draw from softmax(logits / temperature); 0 takes the argmax.
         init: conditioning: tokens [B, *data_shape] that stay fixed, with the mask id V at positions to generate
             (see :func:`prefix_init` for a prefix; any pattern of holes gives infilling). Replaces num_samples.
         labels: class labels [B] for a class-conditional model.
@@ -127,10 +144,15 @@ def sample(
     Returns:
         :class:`SampleOutput` with tokens (no mask id left) and the number of network calls (NFE).
     """
-    options = SamplingOptions(steps=steps, grid=grid, top_p=top_p, categorical=categorical)
-    chosen = get_sampler(sampler)
+    sampler = sampler or default_sampler(model)
     if isinstance(model, ModelKindContract):
         model.check_sampler(sampler)
+    in_order = sampler == AUTOREGRESSIVE
+    if top_p is None:
+        top_p = 1.0 if in_order else DEFAULT_TOP_P
+    options = SamplingOptions(steps=steps, grid=grid, top_p=top_p, categorical=categorical, temperature=temperature)
+    _check_in_order(model, in_order, temperature, guidance)
+    chosen = None if in_order else get_sampler(sampler)
     mask_id = int(model.vocab_size)
     shape = shape or model.data_shape
     if init is not None:
@@ -149,19 +171,39 @@ def sample(
         device = torch.device(device) if device is not None else _model_device(model)
         z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
     if labels is not None:
-        classes = model.num_classes
-        if classes is None:
-            raise ValueError("Labels were given but the model is not class-conditional; leave them out.")
-        if labels.shape != (z.shape[0],) or int(labels.min()) < 0 or int(labels.max()) > classes:
-            raise ValueError(
-                f"labels must be one class id per sample in 0..{classes - 1} ({classes} means no label), "
-                f"got shape {tuple(labels.shape)} and ids {int(labels.min())}..{int(labels.max())}."
-            )
-    net = Network(model, labels, guidance)
+        _check_labels(labels, model.num_classes, z.shape[0])
     generator = _resolve_generator(generator, seed, z.device)
     trajectory = Trajectory(snapshots, mask_id)
+    if in_order:
+        tokens, nfe = left_to_right(model, z, options, generator, trajectory)
+        return SampleOutput(tokens=tokens, nfe=nfe, trajectory=trajectory.states)
+    net = Network(model, labels, guidance)
     tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, trajectory)
     return SampleOutput(tokens=tokens, nfe=net.nfe, trajectory=trajectory.states)
+
+
+def _check_labels(labels: torch.Tensor, classes: int | None, num_samples: int) -> None:
+    """Refuse, in one sentence, labels that are not one class id (or the "no label" id) per sample."""
+    if classes is None:
+        raise ValueError("Labels were given but the model is not class-conditional; leave them out.")
+    if labels.shape != (num_samples,) or int(labels.min()) < 0 or int(labels.max()) > classes:
+        raise ValueError(
+            f"labels must be one class id per sample in 0..{classes - 1} ({classes} means no label), "
+            f"got shape {tuple(labels.shape)} and ids {int(labels.min())}..{int(labels.max())}."
+        )
+
+
+def _check_in_order(model, in_order: bool, temperature: float, guidance: float) -> None:
+    """Refuse, in one sentence each, the autoregressive sampler for another model, and the options that apply
+    to one kind of sampler only."""
+    if in_order and not isinstance(model, Autoregressive):
+        raise ValueError(
+            f"The {AUTOREGRESSIVE} sampler draws from ar models left to right; use one of {', '.join(SAMPLER_NAMES)}."
+        )
+    if not in_order and temperature != 1.0:
+        raise ValueError(f"temperature applies to the {AUTOREGRESSIVE} sampler of ar models only; leave it at 1.")
+    if in_order and guidance != DEFAULT_GUIDANCE:
+        raise ValueError("Guidance needs a class-conditional model, and an ar model is not one; leave it at 1.")
 
 
 __all__ = [
@@ -181,6 +223,7 @@ __all__ = [
     "Sampler",
     "SamplingOptions",
     "categorical",
+    "default_sampler",
     "get_sampler",
     "next_unmask_time",
     "nucleus",

@@ -16,7 +16,7 @@ MAX_GUIDANCE = 1000.0  # the largest classifier-free guidance weight: far beyond
 DEFAULT_SAMPLER = "ancestral"
 DEFAULT_GRID = "uniform"
 DEFAULT_GUIDANCE = 1.0  # classifier-free guidance weight: 1 conditions on the labels as trained
-DEFAULT_TOP_P = 0.98
+DEFAULT_TOP_P = 0.98  # the top_p sampler's nucleus; the autoregressive sampler keeps the whole distribution (1)
 DEFAULT_CATEGORICAL = "float64"
 
 
@@ -38,6 +38,7 @@ class SamplingOptions:
     grid: str = DEFAULT_GRID
     top_p: float = DEFAULT_TOP_P
     categorical: str = DEFAULT_CATEGORICAL
+    temperature: float = 1.0  # the autoregressive sampler's: softmax(logits / temperature), 0 the argmax
 
     def __post_init__(self) -> None:
         if int(self.steps) != self.steps or self.steps < 1:
@@ -49,4 +50,8 @@ class SamplingOptions:
         if self.categorical not in CATEGORICAL:
             raise ValueError(
                 f"Unknown categorical draw {self.categorical!r}; valid options are: {', '.join(CATEGORICAL)}."
+            )
+        if not 0.0 <= self.temperature < float("inf"):  # also NaN
+            raise ValueError(
+                f"temperature must be a finite number of at least 0 (0: the argmax), got {self.temperature}."
             )

@@ -103,6 +103,7 @@ def fit_to_memory(config: Config, net: TransformerConfig | None, num_parameters:
     t = config.train
     shards = world.size if t.parallel == "fsdp" and world.distributed else 1
     draws = 2 if config.model.get("kind") == "genmd4" else int(config.model.get("draws", 1))
+    scored = 1.0 if config.model.get("kind") == "ar" else 0.5  # ar: the output layer at every position
 
     def needed(bf16: bool, checkpointing: bool):
         return lambda rows: (
@@ -115,6 +116,7 @@ def fit_to_memory(config: Config, net: TransformerConfig | None, num_parameters:
                 checkpointing=checkpointing,
                 shards=shards,
                 draws=draws,
+                masked_fraction=scored,
             ).total
         )
 
