@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from md4.core.kind_contract import EXACT, ModelKindContract
+from md4.core.kind_contract import EXACT, ModelKindContract, mean_per_token
 from md4.core.masked import ConditioningOptions, Denoiser, log_probs_at
 from md4.core.noise import BatchShard
 from md4.core.tokens import check_tokens
-from md4.core.units import bits_per_token
 from md4.nn.contract import capabilities_of
 
 AUTOREGRESSIVE = "autoregressive"  # the one sampler of the kind: left to right, one network pass per token
@@ -146,11 +145,4 @@ class Autoregressive(nn.Module, ModelKindContract):
         """Training objective: the exact NLL averaged over the batch in nats per token, and detached metrics
         (``loss``; ``nelbo``, here the exact NLL per sequence; ``bits_per_token``), as MD4's."""
         nll = self.nelbo(x, labels=labels)
-        num_tokens = x[0].numel()
-        loss = nll.mean() / num_tokens
-        metrics = {
-            "loss": loss.detach(),
-            "nelbo": nll.detach().mean(),
-            "bits_per_token": bits_per_token(nll.detach().mean(), num_tokens),
-        }
-        return loss, metrics
+        return mean_per_token(nll, x[0].numel())

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from md4.core.noise import BatchShard
+from md4.core.units import bits_per_token
 
 CONTINUOUS, DISCRETE = "continuous", "discrete"  # the continuous-time bound (Eq. 4); the discrete-time L_T (Eq. 3)
 EXACT = "exact"  # no bound but the exact negative log-likelihood (an autoregressive model's): no randomness
@@ -96,3 +97,15 @@ class ModelKindContract(ABC):
             raise ValueError(
                 f"The {name} sampler does not apply to {cls.kind} models; use one of {', '.join(cls.samplers)}."
             )
+
+
+def mean_per_token(nelbo: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A per-sequence loss [B] in nats (a NELBO, or an exact NLL) as a kind's training loss: its batch mean per
+    token, and the detached metrics every kind logs (``loss``, ``nelbo`` per sequence, ``bits_per_token``)."""
+    loss = nelbo.mean() / num_tokens
+    metrics = {
+        "loss": loss.detach(),
+        "nelbo": nelbo.detach().mean(),
+        "bits_per_token": bits_per_token(nelbo.detach().mean(), num_tokens),
+    }
+    return loss, metrics

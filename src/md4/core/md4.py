@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from md4.core.kind_contract import CONTINUOUS, DISCRETE
+from md4.core.kind_contract import CONTINUOUS, DISCRETE, mean_per_token
 from md4.core.masked import ConditioningOptions, Denoiser, MaskedDiffusion
 from md4.core.noise import BatchShard, antithetic_times, uniform_rows
 from md4.core.schedule_contract import Schedule
 from md4.core.schedules import DEFAULT_EPS, MaskingSchedule, check_eps, get_schedule, log_snr, parse_schedule
-from md4.core.units import bits_per_token
 
 
 @dataclass
@@ -240,11 +239,4 @@ class MD4(MaskedDiffusion):
         else:
             diffusion = self.continuous_loss(x, labels=labels, generator=generator, shard=shard, draws=self.draws)
             nelbo = diffusion + self.reconstruction_loss(x)
-        num_tokens = x[0].numel()
-        loss = nelbo.mean() / num_tokens
-        metrics = {
-            "loss": loss.detach(),
-            "nelbo": nelbo.detach().mean(),
-            "bits_per_token": bits_per_token(nelbo.detach().mean(), num_tokens),
-        }
-        return loss, metrics
+        return mean_per_token(nelbo, x[0].numel())
