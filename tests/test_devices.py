@@ -4,6 +4,7 @@ single process's cuda:N made current, torchrun's ranks checked against the visib
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -14,6 +15,7 @@ from cli_runs import TINY_TEXT, cli
 from tiny_training import release, tiny_trainer
 
 from md4 import distributed
+from md4.cli.banner import describe
 from md4.config import ConfigError, build_config
 from md4.device import autocast, fast_bf16, resolve_precision, use_tf32
 from md4.distributed import World
@@ -157,3 +159,19 @@ def test_one_process_under_torchrun_joins_a_group_of_one(monkeypatch):
         assert world.mean(torch.tensor([3.0])).item() == 3.0
     finally:
         distributed.disconnect()
+
+
+@pytest.mark.parametrize("flags", [{"avx512_bf16": True}, {"avx2": True}])
+def test_training_in_auto_precision_is_bf16_exactly_where_it_is_fast_and_the_run_keeps_auto(
+    tmp_path, monkeypatch, flags
+):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    trainer = tiny_trainer(tmp_path / "run", "train.precision=auto", "train.steps=1")
+    try:
+        expected = "bf16" if flags.get("avx512_bf16") else "fp32"
+        assert trainer.t.precision == expected and trainer.config.train.precision == "auto"
+        assert f"in {expected} (train.precision=auto) into" in describe(trainer, resume=False)
+        trainer.fit()
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"] == "auto"
+    finally:
+        release(trainer)

@@ -29,7 +29,7 @@ from md4.data import (
     recipe_num_classes,
     recipe_vocab_size,
 )
-from md4.device import PRECISIONS
+from md4.device import PRECISION_CHOICES
 from md4.distributed import PARALLEL_MODES
 from md4.limits import MAX_EXAMPLE_TOKENS
 from md4.nn.contract import capabilities_of
@@ -84,7 +84,7 @@ class TrainConfig:
     weight_decay_scope: str = "matrices"  # "matrices": weights of rank >= 2; "all": every parameter (release)
     grad_clip: float = 1.0  # global-norm clipping; 0 turns it off (release)
     ema_decay: float = 0.999
-    precision: str = "bf16"
+    precision: str = "bf16"  # or fp32, or auto: bf16 where the hardware multiplies bf16 fast, else fp32
     tf32: bool = True  # on CUDA, fp32 matrix products (fp32 runs, fp32 parts of bf16 ones) in TF32; false: true fp32
     compile: bool = False
     # Recompute each block's activations in the backward pass instead of keeping them: memory for long
@@ -105,8 +105,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Refuse impossible settings, one sentence each (``validate`` calls it on the whole config)."""
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}.")
         if self.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
             raise ConfigError(
                 f"train.weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, "

@@ -8,8 +8,9 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 PRECISIONS = ("bf16", "fp32")  # network arithmetic for training, evaluation and sampling
-# sampling's choices: ``auto`` is bf16 where the hardware multiplies bf16 matrices, fp32 elsewhere (docs/guide.md)
-SAMPLING_PRECISIONS = ("auto", *PRECISIONS)
+# training's and sampling's choices: ``auto`` is bf16 where the hardware multiplies bf16 matrices, fp32 elsewhere
+# (docs/guide.md); evaluation takes a concrete one
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,8 +38,8 @@ def fast_bf16(device: torch.device) -> bool:
 
 def resolve_precision(device: torch.device, precision: str) -> str:
     """``precision`` with ``auto`` made concrete: bf16 where :func:`fast_bf16`, else fp32."""
-    if precision not in SAMPLING_PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; use one of {', '.join(SAMPLING_PRECISIONS)}.")
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}.")
     if precision == "auto":
         return "bf16" if fast_bf16(device) else "fp32"
     return precision

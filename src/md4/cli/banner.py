@@ -12,9 +12,10 @@ def describe(trainer, resume: bool, note: str = "") -> str:
     start = f"resuming at step {trainer.step}" if resume else "training"
     article = "an" if model["kind"] == "ar" else "a"  # "an ar model"; the other kinds read as before
     classes = class_counts(trainer.data)
+    precision = trainer.t.precision + (" (train.precision=auto)" if trainer.config.train.precision == "auto" else "")
     return (
         f"md4: {start} {article} {model['kind']} model ({model['net']}, {params:,} parameters) on {trainer.config.data.name}"
-        f"{f' ({classes})' if classes else ''} into {trainer.run_dir}{f'; {note}' if note else ''}"
+        f"{f' ({classes})' if classes else ''} in {precision} into {trainer.run_dir}{f'; {note}' if note else ''}"
     )
 
 

@@ -12,7 +12,7 @@ import torch
 from md4.cli.options import add_model_options, check_output_file, positive
 from md4.core.ar import AUTOREGRESSIVE
 from md4.data import ImageCodec
-from md4.device import SAMPLING_PRECISIONS, resolve_precision, use_tf32
+from md4.device import PRECISION_CHOICES, resolve_precision, use_tf32
 from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
 from md4.generation.pictures import save_pictures
 from md4.generation.text import generate
@@ -68,7 +68,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=SAMPLING_PRECISIONS,
+        choices=PRECISION_CHOICES,
         default="auto",
         help="network arithmetic: auto is bf16 where the hardware multiplies bf16 matrices (a GPU, or a CPU with "
         "AVX512-BF16 or AMX; about twice as fast, the same sample quality: docs/benchmarks.md) and fp32 elsewhere; "

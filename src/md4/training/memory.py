@@ -13,6 +13,7 @@ import torch
 
 from md4.config import Config, ConfigError
 from md4.core.masked import LOSS_CHUNK_ELEMENTS
+from md4.device import resolve_precision
 from md4.nn.transformer import Transformer
 from md4.nn.transformer_config import TransformerConfig
 from md4.notices import warn
@@ -166,4 +167,8 @@ def fit_to_device(config: Config, model: torch.nn.Module, world) -> Config:
         return config
     free = torch.cuda.mem_get_info(device)[0]
     net = model.denoiser.config if isinstance(model.denoiser, Transformer) else None
-    return fit_to_memory(config, net, sum(p.numel() for p in model.parameters()), free, world)
+    concrete = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, precision=resolve_precision(device, config.train.precision))
+    )
+    fitted = fit_to_memory(concrete, net, sum(p.numel() for p in model.parameters()), free, world)
+    return dataclasses.replace(fitted, train=dataclasses.replace(fitted.train, precision=config.train.precision))

@@ -15,6 +15,7 @@ its public names stay importable here.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from md4 import distributed
 from md4.config import Config
 from md4.core.tokens import ranges_checked
-from md4.device import autocast, use_tf32
+from md4.device import autocast, resolve_precision, use_tf32
 from md4.distributed import World
 from md4.evaluate import estimate_nelbo
 from md4.models import DataSpec, build_model
@@ -91,9 +92,10 @@ class Trainer:
         self.config, self.data, self.run_dir = config, data, Path(run_dir)
         self.world = world or World()
         self.spec = DataSpec.of(data)
-        self.t = config.train
-        self.micro_batch = local_micro_batch(self.t.batch_size, self.t.grad_accum, self.world.size)
-        self.device = training_device(self.t.device, self.world)
+        self.micro_batch = local_micro_batch(config.train.batch_size, config.train.grad_accum, self.world.size)
+        self.device = training_device(config.train.device, self.world)
+        # train.precision=auto made concrete here, once; config.json keeps "auto", so a resume elsewhere re-decides
+        self.t = replace(config.train, precision=resolve_precision(self.device, config.train.precision))
         use_tf32(self.device, self.t.tf32)
         self.lifecycle = RunLifecycle(self.run_dir, config, data, self.spec, self.world)
         self.lock = self.lifecycle.claim() if self.world.is_main else None
