@@ -11,12 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from cli_runs import cli, last_error
-from tiny_training import tiny_trainer
+from tiny_training import tiny_config, tiny_trainer
 
 from md4.data import ArrayDataset, DataError, GPT2Tokenizer, bpe
+from md4.models import DataSpec, build_model
 from md4.quality import zero_shot_text as detok
-from md4.quality.zero_shot import corpus_blocks, wrap_documents
+from md4.quality.zero_shot import corpus_blocks, wrap_documents, zero_shot
 from md4.quality.zero_shot_corpora import CORPORA, corpora_named, read_documents
+from md4.runs.directory import LoadedRun
 
 EOS = 50256
 
@@ -167,6 +169,21 @@ def test_md4_eval_zero_shot_end_to_end_on_a_tiny_gpt2_run(gpt2_run, corpus_dir, 
     assert all(math.isfinite(r["perplexity"]) and r["perplexity"] > 1000 for r in results["corpora"].values())
     source = "ptb-text-only/ptb_text_only, penn_treebank, revision refs/convert/parquet [validation]"
     assert results["corpora"]["ptb"]["source"] == source
+
+
+def test_an_autoregressive_run_reports_its_exact_nll_on_the_corpus_blocks(corpus_dir, gpt2_cache, tmp_path):
+    config = tiny_config("model.kind=ar", "net.causal=true", "net.time_conditioning=none", "train.batch_size=2")
+    torch.manual_seed(0)
+    model = build_model(config, DataSpec(50257, (8,))).eval()
+    gpt2 = GPT2Tokenizer(cache_dir=gpt2_cache)
+    run = LoadedRun(config, gpt2, DataSpec(50257, (8,)), None, model, 0, tmp_path, tmp_path)
+    (result,) = zero_shot(run, corpora_named("wikitext2"), folder=corpus_dir, draws=4)
+    blocks = torch.from_numpy(corpus_blocks(CORPORA["wikitext2"], gpt2, 8, corpus_dir))
+    with torch.no_grad():
+        nll = model.nelbo(blocks).double()  # nats per block, exact
+    assert result.exact and result.estimate.draws == 1 and result.tokens == blocks.numel()
+    assert result.estimate.nelbo == pytest.approx(float(nll.mean()), rel=1e-9)
+    assert result.to_dict()["perplexity"] == pytest.approx(math.exp(float(nll.mean()) / 8), rel=1e-9)
 
 
 def test_an_unknown_corpus_is_one_sentence_naming_the_valid_ones():
