@@ -4,6 +4,9 @@ text, the SEDD and MDLM block layouts against a hand example, a tiny GPT-2-token
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -210,3 +213,21 @@ def test_a_run_that_is_not_gpt2_tokenised_is_refused(tmp_path, corpus_dir, capsy
     code, _, err = cli(capsys, "eval", tmp_path / "raw-run", "--zero-shot", "ptb", "--zero-shot-dir", corpus_dir)
     assert code == 2 and "zero-shot perplexity needs a GPT-2-tokenised run" in last_error(err)
     assert "uses the 'raw' codec" in last_error(err)
+
+
+@pytest.mark.slow
+def test_a_corpus_with_neither_the_hub_nor_local_files_is_one_sentence_naming_both(gpt2_run, gpt2_cache, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path), "MD4_CACHE_DIR": str(gpt2_cache)}
+    done = subprocess.run(
+        [sys.executable, "-m", "md4", "eval", str(gpt2_run), "--zero-shot", "ptb"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert last_error(done.stderr) == (
+        "md4: error: could not read PTB (ptb-text-only/ptb_text_only, penn_treebank, revision refs/convert/parquet "
+        "[validation]) from the Hugging Face hub (ConnectionError); connect to the hub, or save its validation split "
+        "as parquet or jsonl in DIR/ptb/ and pass --zero-shot-dir DIR."
+    )
