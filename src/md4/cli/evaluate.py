@@ -9,6 +9,7 @@ import sys
 
 from tqdm.auto import tqdm
 
+from md4.cli import eval_zero_shot
 from md4.cli.options import add_model_options, positive
 from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
@@ -55,6 +56,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--bounds", action="store_true", help="also compute the bounds when a quality measurement below is asked for"
     )
+    eval_zero_shot.add_options(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -62,7 +64,7 @@ def add_parser(subparsers) -> None:
 
 # The options of md4.quality's measurements (each one's own module in md4.cli); asking for one skips the bounds
 # unless --bounds is given too.
-QUALITY_OPTIONS: tuple[str, ...] = ()
+QUALITY_OPTIONS: tuple[str, ...] = ("zero_shot",)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     results = {"run": str(args.run), "step": loaded.step, "weights": weights}
     if args.bounds or not any(getattr(args, name) for name in QUALITY_OPTIONS):
         results.update(bounds(args, loaded, weights))
+    if args.zero_shot:
+        results["zero_shot"] = eval_zero_shot.run(args, loaded)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
