@@ -21,7 +21,7 @@ from md4.data import ArrayDataset, CharTokenizer, ImageCodec
 from md4.quality.corpus import reference_sequences, run_corpus, split_tokens
 from md4.quality.generative import Setting, draw, measure, settings
 from md4.quality.scorer_spec import load_scorer
-from md4.quality.scorers import ARRunScorer, NGramScorer
+from md4.quality.scorers import ARRunScorer, NGramScorer, Score
 from md4.runs.directory import load_run
 from md4.training.trainer import train
 
@@ -61,16 +61,16 @@ def test_a_scorer_that_knows_the_text_scores_it_lower_than_shuffled_text(runs):
     for scorer in (ngram, ARRunScorer(runs.ar, runs.md4.codec)):
         real, mixed = measure(text, scorer), measure(shuffled(text), scorer)
         assert real.score.perplexity < 0.8 * mixed.score.perplexity, scorer.name
-        assert real.entropy == pytest.approx(mixed.entropy) and real.score.tokens == text.numel()
+        assert real.entropy == pytest.approx(mixed.entropy) and real.score.total_tokens == text.numel()
 
 
 def test_the_ar_scorer_gives_the_runs_exact_likelihood_in_chunks_of_its_length(runs):
     scorer = ARRunScorer(runs.ar, runs.ar.codec, batch_size=3)
     x = held_out(runs.ar, num=5, length=64)
     with torch.no_grad():
-        halves = sum(float(runs.ar.model.nll(part).sum()) for part in x.split(32, dim=1))
+        halves = sum(runs.ar.model.nll(part).double() for part in x.split(32, dim=1))
     score = scorer.score(x)
-    assert score.tokens == 5 * 64 and score.nll == pytest.approx(halves, rel=1e-5)
+    assert list(score.tokens) == [64] * 5 and score.nll == pytest.approx(halves.numpy(), rel=1e-5)
 
 
 def test_the_entropy_is_a_hand_count_of_the_samples_tokens(runs):
@@ -86,6 +86,14 @@ def test_the_entropy_is_a_hand_count_of_the_samples_tokens(runs):
     row = measure(tokens, scorer, setting, nfe=nfe)
     assert row.entropy == pytest.approx(sum(bits(r) for r in tokens) / 3)
     assert measure(torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]]), scorer).entropy == pytest.approx(0.5)
+
+
+def test_the_perplexity_pools_every_token_and_its_standard_error_is_the_ratio_estimators():
+    score = Score.of([1.0, 3.0], [1, 1]) + Score.of([8.0], [2])
+    assert score.perplexity == pytest.approx(math.exp(12 / 4))  # not the mean of per-sample perplexities
+    residual = np.array([1.0, 3.0, 8.0]) - 3.0 * np.array([1, 1, 2])  # nll_i - r tokens_i, r = 3
+    assert score.nll_per_token_stderr == pytest.approx(np.sqrt(residual.var(ddof=1) / 3) / (4 / 3))
+    assert Score.of([2.0], [4]).nll_per_token_stderr == 0.0
 
 
 def test_settings_cross_the_lists_and_stepless_samplers_appear_once():
@@ -134,17 +142,18 @@ def test_a_hugging_face_scorer_retokenises_and_scores_chunks_of_its_context(runs
     model, tokenizer = tiny_gpt2(tmp_path / "gpt2")
     scorer = load_scorer(str(tmp_path / "gpt2"), runs.md4, batch_size=3)
     tokens = held_out(runs.md4, num=4, length=40)
-    nll, count = 0.0, 0
+    nll, count = np.zeros(4), np.zeros(4, dtype=int)
     with torch.no_grad():
-        for text in runs.md4.codec.decode_batch(tokens):
+        for i, text in enumerate(runs.md4.codec.decode_batch(tokens)):
             ids = torch.tensor(tokenizer(text)["input_ids"])
             assert len(ids) > 8  # several chunks of the 8-token context
             for chunk in ids.split(8):
                 logp = torch.log_softmax(model(chunk[None]).logits[0, :-1], -1)
-                nll -= float(logp.gather(-1, chunk[1:, None]).sum())
-                count += len(chunk) - 1  # the first token of a chunk is context only
-    score = scorer.score(tokens)
-    assert score.tokens == count and score.nll == pytest.approx(nll, rel=1e-5)
+                nll[i] -= float(logp.gather(-1, chunk[1:, None]).sum())
+                count[i] += len(chunk) - 1  # the first token of a chunk is context only
+    score = scorer.score(tokens)  # batches of 3 chunks, padded
+    assert list(score.tokens) == list(count) and score.nll == pytest.approx(nll, rel=1e-5)
+    assert score.perplexity == pytest.approx(math.exp(nll.sum() / count.sum()))
 
     argv = ("eval", runs.root / "md4", "--gen-ppl", "--scorer", tmp_path / "gpt2", "--samples", 3, "--json")
     code, out, err = cli(capsys, *argv, "--sample-steps", "2,4", "--categorical", "float64,float32-gumbel")

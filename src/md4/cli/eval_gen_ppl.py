@@ -24,18 +24,25 @@ DEFAULT_SCORER = "ngram"
 def add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generative perplexity (--gen-ppl)")
     g.add_argument("--gen-ppl", action="store_true", help="generative perplexity and entropy of the run's samples")
-    g.add_argument("--scorer", default=DEFAULT_SCORER, help=f"{SCORER_FORMS} (default: %(default)s)")
-    g.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per setting (default: %(default)s)")
+    g.add_argument("--scorer", metavar="SPEC", default=DEFAULT_SCORER, help=f"{SCORER_FORMS} (default: %(default)s)")
+    g.add_argument(
+        "--samples", metavar="N", type=int, default=DEFAULT_SAMPLES, help="samples per setting (default: %(default)s)"
+    )
     g.add_argument(
         "--sampler",
+        metavar="LIST",
         help=f"comma-separated samplers: {', '.join([*SAMPLERS, AUTOREGRESSIVE])} (default: the run's own)",
     )
     g.add_argument(
-        "--sample-steps", default=str(DEFAULT_STEPS), help="comma-separated reverse step counts (default: %(default)s)"
+        "--sample-steps",
+        metavar="LIST",
+        default=str(DEFAULT_STEPS),
+        help="comma-separated reverse step counts (default: %(default)s)",
     )
     g.add_argument("--grid", choices=GRIDS, default=DEFAULT_GRID, help="time grid (default: %(default)s)")
     g.add_argument(
         "--categorical",
+        metavar="LIST",
         default=DEFAULT_CATEGORICAL,
         help=f"comma-separated categorical draws: {', '.join(CATEGORICAL)} (default: %(default)s)",
     )
@@ -115,15 +122,20 @@ def print_table(report: dict, rows: list[Row], reference: Row) -> None:
         f"generative perplexity under {report['scorer']}: {report['samples']} samples of {report['length']} "
         f"tokens each, {report['grid']} grid, network in {report['sample_precision']}, seed {report['seed']}"
     )
-    print(f"{'sampler':<14} {'steps':>6} {'categorical':<15} {'NFE':>8} {'gen ppl':>10} {'entropy':>8} {'seconds':>8}")
-    for row in rows:
-        s = row.setting
-        print(
-            f"{s.sampler:<14} {s.steps or '-':>6} {s.categorical:<15} {row.nfe:>8.1f} {row.score.perplexity:>10.3f} "
-            f"{row.entropy:>8.3f} {row.seconds:>8.1f}"
-        )
     print(
-        f"{'held-out text':<14} {'-':>6} {'-':<15} {'-':>8} {reference.score.perplexity:>10.3f} "
-        f"{reference.entropy:>8.3f} {'-':>8}"
+        f"{'sampler':<14} {'steps':>6} {'categorical':<15} {'NFE':>7} {'gen ppl':>10} {'± s.e.':>8} {'entropy':>8} "
+        f"{'seconds':>8}"
     )
-    print("entropy: mean over samples of the entropy (bits) of each sample's token frequencies")
+    for row in [*rows, reference]:
+        s, ppl = row.setting, row.score.perplexity
+        drawn = (
+            f"{s.sampler:<14} {s.steps or '-':>6} {s.categorical:<15} {row.nfe:>7.1f}"
+            if s is not None
+            else f"{'held-out text':<14} {'-':>6} {'-':<15} {'-':>7}"
+        )
+        seconds = "-" if row.seconds is None else f"{row.seconds:.1f}"
+        print(f"{drawn} {ppl:>10.3f} {ppl * row.score.nll_per_token_stderr:>8.3f} {row.entropy:>8.3f} {seconds:>8}")
+    print(
+        "entropy: the mean over samples of the entropy (bits) of each sample's token frequencies; s.e.: one "
+        "standard error across samples"
+    )

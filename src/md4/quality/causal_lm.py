@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from md4.data import Codec, DataError, Tokenizer
@@ -48,24 +49,29 @@ class CausalLMScorer:
             self.context = DEFAULT_CONTEXT
         self.name = name
 
-    def chunks(self, texts: list[str]) -> list[list[int]]:
-        """The scorer's ids of each text, split into chunks of at most its context."""
-        out = []
-        for ids in self.tokenizer(texts)["input_ids"]:
-            out.extend(ids[i : i + self.context] for i in range(0, len(ids), self.context))
-        return out
+    def chunks(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+        """The scorer's ids of each text split into chunks of at most its context, and the text of each chunk."""
+        chunks, owners = [], []
+        for owner, ids in enumerate(self.tokenizer(texts)["input_ids"]):
+            for i in range(0, len(ids), self.context):
+                chunks.append(ids[i : i + self.context])
+                owners.append(owner)
+        return chunks, owners
 
     @torch.no_grad()
     def score(self, tokens: torch.Tensor) -> Score:
-        chunks = self.chunks(self.codec.decode_batch(tokens.cpu()))
+        chunks, owners = self.chunks(self.codec.decode_batch(tokens.cpu()))
         device = next(self.model.parameters()).device
-        total = Score(0.0, 0)
+        nll, count = np.zeros(len(tokens)), np.zeros(len(tokens), dtype=np.int64)
         for first in range(0, len(chunks), self.batch_size):
-            total = total + self.score_chunks(chunks[first : first + self.batch_size], device)
-        return total
+            chunk_nll, chunk_count = self.score_chunks(chunks[first : first + self.batch_size], device)
+            np.add.at(nll, owners[first : first + self.batch_size], chunk_nll)
+            np.add.at(count, owners[first : first + self.batch_size], chunk_count)
+        return Score.of(nll, count)
 
-    def score_chunks(self, chunks: list[list[int]], device: torch.device) -> Score:
-        """The NLL of every token after the first of each chunk, the chunks right-padded into one batch."""
+    def score_chunks(self, chunks: list[list[int]], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+        """The NLL of the tokens after the first of each chunk, and their number, the chunks right-padded into
+        one batch."""
         width = max(len(chunk) for chunk in chunks)
         ids = torch.zeros(len(chunks), width, dtype=torch.long)
         mask = torch.zeros(len(chunks), width, dtype=torch.long)
@@ -76,7 +82,8 @@ class CausalLMScorer:
         logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         scored = mask[:, 1:].bool()
-        return Score(-float(logp[scored].sum(dtype=torch.float64)), int(scored.sum()))
+        nll = -torch.where(scored, logp, torch.zeros_like(logp)).sum(1, dtype=torch.float64)
+        return nll.cpu().numpy(), scored.sum(1).cpu().numpy()
 
 
 def smollm2_file() -> Path:

@@ -12,7 +12,7 @@ same way.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -48,13 +48,14 @@ class Row:
     seconds: float | None = None
 
     def to_dict(self) -> dict:
-        drawn = {} if self.setting is None else vars(self.setting)
+        drawn = {} if self.setting is None else asdict(self.setting)
         return {
             **drawn,
             "nfe": self.nfe,
             "gen_ppl": self.score.perplexity,
-            "nll_per_token": self.score.nll / self.score.tokens,
-            "scored_tokens": self.score.tokens,
+            "nll_per_token": self.score.nll_per_token,
+            "nll_per_token_stderr": self.score.nll_per_token_stderr,
+            "scored_tokens": self.score.total_tokens,
             "entropy_bits": self.entropy,
             "samples": self.samples,
             "seconds": self.seconds,

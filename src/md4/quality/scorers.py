@@ -30,20 +30,47 @@ MAX_NGRAM_TOKENS = 10_000_000  # an n-gram scorer is fitted on at most this many
 
 @dataclass(frozen=True)
 class Score:
-    """The summed negative log-likelihood (nats) of some samples and the number of tokens it covers."""
+    """The negative log-likelihood (nats) of each of some samples and the number of its tokens scored."""
 
-    nll: float
-    tokens: int
+    nll: np.ndarray  # [N] float64
+    tokens: np.ndarray  # [N] int64
+
+    @classmethod
+    def of(cls, nll, tokens) -> Score:
+        return cls(np.asarray(nll, dtype=np.float64).reshape(-1), np.asarray(tokens, dtype=np.int64).reshape(-1))
 
     def __add__(self, other: Score) -> Score:
-        return Score(self.nll + other.nll, self.tokens + other.tokens)
+        return Score(np.concatenate([self.nll, other.nll]), np.concatenate([self.tokens, other.tokens]))
+
+    @property
+    def total_nll(self) -> float:
+        return float(self.nll.sum())
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.tokens.sum())
+
+    @property
+    def nll_per_token(self) -> float:
+        """The NLL over all scored tokens together, per token (MDLM's metric, not a mean of per-sample ones)."""
+        if self.total_tokens < 1:
+            raise ValueError("No token was scored, so there is no perplexity; draw longer samples (--length).")
+        return self.total_nll / self.total_tokens
 
     @property
     def perplexity(self) -> float:
-        """exp(nll / tokens): the generative perplexity (MDLM's, over all scored tokens together)."""
-        if self.tokens < 1:
-            raise ValueError("No token was scored, so there is no perplexity; draw longer samples (--length).")
-        return math.exp(self.nll / self.tokens)
+        """exp(nll_per_token): the generative perplexity."""
+        return math.exp(self.nll_per_token)
+
+    @property
+    def nll_per_token_stderr(self) -> float:
+        """The standard error of :attr:`nll_per_token` across samples (a ratio estimator's: the spread of
+        nll_i - r tokens_i), 0 for one sample."""
+        n = len(self.nll)
+        if n < 2:
+            return 0.0
+        residual = self.nll - self.nll_per_token * self.tokens
+        return float(np.sqrt(residual.var(ddof=1) / n) / self.tokens.mean())
 
 
 class Scorer(Protocol):
@@ -65,7 +92,7 @@ class NGramScorer:
 
     def score(self, tokens: torch.Tensor) -> Score:
         logp = self.model.log_prob(tokens.cpu().numpy())
-        return Score(-float(logp.sum()), int(logp.size))
+        return Score.of(-logp.sum(1), np.full(len(logp), logp.shape[1]))
 
 
 def default_order(vocab_size: int) -> int:
@@ -99,11 +126,11 @@ class ARRunScorer:
     @torch.no_grad()
     def score(self, tokens: torch.Tensor) -> Score:
         device = next(self.model.parameters()).device
-        total = 0.0
-        for rows in tokens.to(device).split(self.batch_size):
+        nll = torch.zeros(len(tokens), dtype=torch.float64)
+        for first, rows in zip(range(0, len(tokens), self.batch_size), tokens.to(device).split(self.batch_size)):
             for chunk in rows.split(self.context, dim=1):
                 with autocast(device, self.precision):
                     logits = self.model.logits(chunk)
                 logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, chunk.unsqueeze(-1))
-                total -= float(logp.sum(dtype=torch.float64))
-        return Score(total, tokens.numel())
+                nll[first : first + len(rows)] -= logp.reshape(len(rows), -1).sum(1, dtype=torch.float64).cpu()
+        return Score.of(nll.numpy(), np.full(len(tokens), tokens.shape[1]))
