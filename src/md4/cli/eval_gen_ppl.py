@@ -77,16 +77,18 @@ def run(args: argparse.Namespace, loaded: LoadedRun) -> dict:
     steps = listed("--sample-steps", args.sample_steps, int)
     for count in steps:
         positive("--sample-steps", count)
-    for draw in listed("--categorical", args.categorical):
+    categoricals = listed("--categorical", args.categorical)
+    for draw in categoricals:
         if draw not in CATEGORICAL:
             raise ValueError(f"Unknown categorical draw {draw!r} in --categorical; use {', '.join(CATEGORICAL)}.")
     samplers = listed("--sampler", args.sampler) if args.sampler else [default_sampler(loaded.model)]
-    chosen = settings(samplers, steps, listed("--categorical", args.categorical))
+    chosen = settings(samplers, steps, categoricals)
     length = args.length or loaded.spec.data_shape[0]
     batch = args.batch_size or min(args.samples, loaded.config.train.batch_size)
+    held_out = reference_sequences(split_tokens(run_corpus(loaded, args.data), args.split), args.samples, length)
     scorer = load_scorer(args.scorer, loaded, data=args.data, precision=args.precision, batch_size=batch)
-    device = next(loaded.model.parameters()).device
-    precision = resolve_precision(device, args.sample_precision)
+    reference = measure(torch.from_numpy(held_out), scorer)
+    precision = resolve_precision(next(loaded.model.parameters()).device, args.sample_precision)
     rows = sweep(
         loaded,
         scorer,
@@ -99,8 +101,6 @@ def run(args: argparse.Namespace, loaded: LoadedRun) -> dict:
         top_p=args.top_p,
         precision=precision,
     )
-    held_out = reference_sequences(split_tokens(run_corpus(loaded, args.data), args.split), args.samples, length)
-    reference = measure(torch.from_numpy(held_out), scorer)
     report = {
         "scorer": scorer.name,
         "samples": args.samples,
