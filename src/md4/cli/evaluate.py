@@ -9,7 +9,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from md4.cli import eval_zero_shot
+from md4.cli import eval_gen_ppl, eval_zero_shot
 from md4.cli.options import add_model_options, positive
 from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
@@ -58,13 +58,14 @@ def add_parser(subparsers) -> None:
     )
     eval_zero_shot.add_options(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    eval_gen_ppl.add_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 # The options of md4.quality's measurements (each one's own module in md4.cli); asking for one skips the bounds
 # unless --bounds is given too.
-QUALITY_OPTIONS: tuple[str, ...] = ("zero_shot",)
+QUALITY_OPTIONS: tuple[str, ...] = ("gen_ppl", "zero_shot")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     results = {"run": str(args.run), "step": loaded.step, "weights": weights}
     if args.bounds or not any(getattr(args, name) for name in QUALITY_OPTIONS):
         results.update(bounds(args, loaded, weights))
+    if args.gen_ppl:
+        results["gen_ppl"] = eval_gen_ppl.run(args, loaded)
     if args.zero_shot:
         results["zero_shot"] = eval_zero_shot.run(args, loaded)
     if args.json:
