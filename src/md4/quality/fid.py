@@ -1,16 +1,16 @@
 """FID and KID from feature matrices, computed by md4 in float64 (numpy only).
 
-FID (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium",
-Sec. 4): the Fréchet distance between the Gaussians fitted to two sets of features,
+FID (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"):
+the Fréchet distance between the Gaussians fitted to two sets of features,
 ``|mu_1 - mu_2|^2 + tr(S_1) + tr(S_2) - 2 tr((S_1 S_2)^(1/2))``, with the unbiased covariances of TF-FID. The
 trace of the matrix square root is the sum of the square roots of the eigenvalues of ``S_1^(1/2) S_2 S_1^(1/2)``
 (symmetric, positive semi-definite, with the same eigenvalues as ``S_1 S_2``), so symmetric eigen-decompositions
 suffice and no complex parts from ``scipy.linalg.sqrtm`` need discarding.
 
-KID (Bińkowski et al. 2018, "Demystifying MMD GANs", Sec. 3 and App. D): the unbiased estimate of the squared
-maximum mean discrepancy with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over random
-subsets of equal size drawn from both sets, with its standard deviation over the subsets (the subsets'
-defaults are torch-fidelity's: 100 of 1,000).
+KID (Bińkowski et al. 2018, "Demystifying MMD GANs", the Kernel Inception Distance): the unbiased estimate of
+the squared maximum mean discrepancy with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged
+over random subsets of equal size drawn from both sets, with its standard deviation over the subsets (the
+subsets' defaults are torch-fidelity's: 100 of 1,000).
 
 md4 computes both itself from the features rather than through a library's metric function: the same code then
 serves the Inception features of the published protocol and the offline features of the tests, and the numbers
@@ -77,7 +77,7 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
-    """The unbiased estimate of MMD^2 between two samples of equal size m (Bińkowski et al. 2018, eq. 3): the
+    """The unbiased estimate of MMD^2 between two samples of equal size m (Bińkowski et al. 2018): the
     within-sample kernel means leave out the diagonal, the cross term keeps every pair."""
     m = len(x)
     k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)

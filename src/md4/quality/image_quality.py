@@ -4,7 +4,7 @@ The protocol papers follow (CIFAR-10: Ho et al. 2020, "Denoising Diffusion Proba
 Heusel et al. 2017): 50,000 samples against the statistics of the 50,000 training images, Inception pool
 features. md4 therefore defaults to the run's ``train`` split, all of it; ``test`` is the other common choice
 (10,000 images for CIFAR-10), and FIDs against different splits or sample counts do not compare (FID is biased
-upwards for fewer samples: Bińkowski et al. 2018, Sec. 3). A class-conditional run's samples have balanced
+upwards for fewer samples: Bińkowski et al. 2018). A class-conditional run's samples have balanced
 labels (the classes in turn), as the split's are about balanced.
 """
 
