@@ -81,10 +81,9 @@ def run(args: argparse.Namespace, loaded: LoadedRun) -> dict:
             f"md4 eval: {quality.samples} samples ({quality.sampler}, {quality.nfe} network calls each, seed "
             f"{args.seed}) against {quality.references} {quality.split} images, {quality.features} features"
         )
-        print(f"FID = {quality.fid:.3f}")
-        print(
-            f"KID = {quality.kid.mean:.5f} ± {quality.kid.std:.5f} ({quality.kid.subsets} subsets of {quality.kid.subset_size})"
-        )
+        kid = quality.kid
+        print(f"FID = {quality.fid:.4g}")
+        print(f"KID = {kid.mean:.4g} ± {kid.std:.2g} (over {kid.subsets} subsets of {kid.subset_size})")
         if not quality.published:
             print(f"({quality.features} features: comparable only with each other, not with published FID or KID)")
     return quality.to_dict()
