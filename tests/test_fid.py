@@ -140,11 +140,11 @@ def test_reference_images_through_the_offline_features(loaded):
 def test_fid_of_a_run_end_to_end(loaded):
     def measure():
         extractor = feature_extractor(RANDOM_CONV)
-        return image_quality(loaded, 12, extractor, references=100, batch_size=5, steps=3, precision="fp32")
+        return image_quality(loaded, 8, extractor, references=60, batch_size=3, steps=2, precision="fp32")
 
     result = measure()
-    assert (result.samples, result.references, result.split, result.nfe) == (12, 100, "train", 3)
-    assert result.fid > 0 and math.isfinite(result.kid.mean) and result.kid.subset_size == 12
+    assert (result.samples, result.references, result.split, result.nfe) == (8, 60, "train", 2)
+    assert result.fid > 0 and math.isfinite(result.kid.mean) and result.kid.subset_size == 8
     assert not result.published and result.sampler == "ancestral"
     assert measure().to_dict() | {"sampling_seconds": 0, "features_seconds": 0} == result.to_dict() | {
         "sampling_seconds": 0,
