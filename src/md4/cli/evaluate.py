@@ -9,7 +9,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from md4.cli import eval_gen_ppl, eval_zero_shot
+from md4.cli import eval_fid, eval_gen_ppl, eval_zero_shot
 from md4.cli.options import add_model_options, positive
 from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
@@ -53,6 +53,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
     add_model_options(p)
+    eval_fid.add_options(p)
     p.add_argument(
         "--bounds", action="store_true", help="also compute the bounds when a quality measurement below is asked for"
     )
@@ -65,12 +66,13 @@ def add_parser(subparsers) -> None:
 
 # The options of md4.quality's measurements (each one's own module in md4.cli); asking for one skips the bounds
 # unless --bounds is given too.
-QUALITY_OPTIONS: tuple[str, ...] = ("gen_ppl", "zero_shot")
+QUALITY_OPTIONS: tuple[str, ...] = ("gen_ppl", "zero_shot", "fid")
 
 
 def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "micro_batch", "steps", "max_batches", "draws"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    eval_fid.check(args)
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     use_tf32(next(loaded.model.parameters()).device, not args.no_tf32)
     weights = "raw" if args.no_ema else "EMA"
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         results["gen_ppl"] = eval_gen_ppl.run(args, loaded)
     if args.zero_shot:
         results["zero_shot"] = eval_zero_shot.run(args, loaded)
+    if args.fid is not None:
+        results["fid"] = eval_fid.run(args, loaded)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
