@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from md4.cli.options import positive
-from md4.device import SAMPLING_PRECISIONS
+from md4.device import PRECISION_CHOICES
 from md4.quality.features import FEATURES, INCEPTION, feature_extractor
 from md4.quality.image_quality import DEFAULT_FID_SPLIT, SAMPLE_BATCH, image_quality
 from md4.runs.directory import LoadedRun
@@ -40,7 +40,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--fid-precision",
-        choices=SAMPLING_PRECISIONS,
+        choices=PRECISION_CHOICES,
         default="auto",
         help="the network's arithmetic while sampling, as md4 sample (default: %(default)s)",
     )
