@@ -86,7 +86,7 @@ def test_md4_sample_follows_the_runs_settings_and_flags_override_them(corpus, tm
     assert "steps 5, grid cosine, categorical float32-gumbel" in err and "(the run's config)" in err
     assert "5 cosine steps" in err
     loaded = load_run(run_dir)
-    mine = dict(steps=5, grid="cosine", categorical="float32-gumbel")
+    mine = {"steps": 5, "grid": "cosine", "categorical": "float32-gumbel"}
     (expected,) = generate(loaded.model, loaded.codec, 1, length=24, seed=0, precision="auto", **mine).texts
     assert out.split("\n", 1)[1].rstrip("\n") == expected
 
