@@ -4,13 +4,20 @@ periodic evaluation in fp32, CIFAR-10 on all 50,000 training images, and the two
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_runs import TINY_TEXT, cli
+from PIL import Image
 from tiny_training import release, tiny_trainer
 
 from md4.config import Config, ConfigError, build_config, load_preset
+from md4.data import DataError, downsampled_imagenet, prepare, recipe_num_classes
+from md4.data import image_sources as sources
 from md4.evaluate import estimate_nelbo
 from md4.generation.text import generate
 from md4.runs.directory import load_run
@@ -77,7 +84,7 @@ def _trained_run(tmp_path, capsys, corpus, *overrides):
     return run_dir
 
 
-def test_md4_sample_follows_the_runs_settings_and_flags_override_them(corpus, tmp_path, capsys):
+def test_md4_sample_follows_the_runs_settings_flags_override_them_and_old_runs_keep_the_defaults(corpus, tmp_path, capsys):
     run_dir = _trained_run(
         tmp_path, capsys, corpus, "sample.steps=5", "sample.grid=cosine", "sample.categorical=float32-gumbel"
     )
@@ -94,10 +101,7 @@ def test_md4_sample_follows_the_runs_settings_and_flags_override_them(corpus, tm
     assert code == 0 and "steps 3 (--steps)" in err and "grid uniform (--grid)" in err
     assert "categorical float32-gumbel" in err and "3 uniform steps" in err
 
-
-def test_md4_sample_keeps_md4s_defaults_for_a_run_from_before_the_table(corpus, tmp_path, capsys):
-    run_dir = _trained_run(tmp_path, capsys, corpus, "sample.steps=5", "sample.grid=cosine")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())  # as md4 wrote it before [sample] existed
     config["train"]["sample_steps"] = config.pop("sample")["steps"]
     (run_dir / "config.json").write_text(json.dumps(config))
     code, _, err = cli(capsys, "sample", run_dir, "--num", 1, "--length", 8)
@@ -142,3 +146,114 @@ def test_periodic_evaluation_of_a_bf16_run_is_in_fp32(tmp_path):
     assert result["precision"] == "fp32"
     assert result["bits_per_token"] == pytest.approx(fp32.bits_per_token, abs=1e-12)
     assert abs(result["bits_per_token"] - bf16.bits_per_token) > 1e-7
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 on all 50,000 images
+
+
+def _cifar10_tarball(path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny cifar-10-binary.tar.gz in the real record format: five training batches of 2 images, a test batch
+    of 3; the train and test images [N, 32, 32, 3]."""
+    parts = []
+    with tarfile.open(path, "w:gz") as archive:
+        for name in (*sources.CIFAR10_TRAIN, sources.CIFAR10_TEST):
+            images = rng.integers(0, 256, (3 if name == sources.CIFAR10_TEST else 2, 32, 32, 3), dtype=np.uint8)
+            labels = rng.integers(0, 10, len(images), dtype=np.uint8)
+            records = np.concatenate([labels[:, None], images.transpose(0, 3, 1, 2).reshape(len(images), -1)], 1)
+            _add(archive, f"{sources.CIFAR10_FOLDER}/{name}", records.tobytes())
+            parts.append(images)
+    return np.concatenate(parts[:-1]), parts[-1]
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def test_cifar10_all_trains_on_every_training_image_and_validates_on_a_slice_of_test(
+    tmp_path, monkeypatch, isolated_cache
+):
+    train, test = _cifar10_tarball(tmp_path / sources.CIFAR10_TARBALL, np.random.default_rng(0))
+    monkeypatch.setenv(sources.CIFAR10_ENV, str(tmp_path / sources.CIFAR10_TARBALL))
+    monkeypatch.setattr(sources, "CIFAR10_VALID_SLICE", 2)
+    data = prepare("cifar10-all")
+    assert {split: len(images) for split, images in data.splits.items()} == {"train": 10, "valid": 2, "test": 3}
+    assert (data.splits["train"] == train).all() and (data.splits["test"] == test).all()
+    assert (data.splits["valid"] == test[:2]).all() and data.key == "cifar10-all-L256"
+    held_out = prepare("cifar10")  # md4's own split, cached under its own key, is unchanged
+    assert {split: len(images) for split, images in held_out.splits.items()} == {"train": 9, "valid": 1, "test": 3}
+    assert held_out.key == "cifar10-L256" and load_preset("cifar10").data.name == "cifar10-all"
+    assert sources.CIFAR10_VALID_SLICE == 2 and recipe_num_classes("cifar10-all") == 10
+
+
+# ----------------------------------------------------------------------------- the two downsampled ImageNets
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _imagenet_tars(folder: Path, counts: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """train_64x64.tar and valid_64x64.tar as image-net.org/small ships them: 64x64 RGB PNGs under the split's
+    folder, numbered from 1 in archive order; the images of each split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for split, count in counts.items():
+        stem = downsampled_imagenet.SPLITS[split]
+        images[split] = rng.integers(0, 256, (count, 64, 64, 3), dtype=np.uint8)
+        with tarfile.open(folder / f"{stem}.tar", "w") as archive:
+            for i, pixels in enumerate(images[split]):
+                _add(archive, f"{stem}/{i + 1:08d}.png", _png(pixels))
+    return images
+
+
+def test_van_den_oord_imagenet64_from_its_tars_and_unpacked(tmp_path, monkeypatch, isolated_cache):
+    images = _imagenet_tars(tmp_path / "small", {"train": 5, "valid": 3}, np.random.default_rng(1))
+    monkeypatch.setattr(downsampled_imagenet, "VALID_SLICE", 2)
+    monkeypatch.setattr(downsampled_imagenet, "CHUNK_ROWS", 2)  # chunks that straddle the valid cut
+    monkeypatch.setenv(downsampled_imagenet.ENV, str(tmp_path / "small"))
+    data = prepare("imagenet64")
+    assert {split: len(x) for split, x in data.splits.items()} == {"train": 5, "valid": 2, "test": 3}
+    assert (data.splits["train"] == images["train"]).all() and (data.splits["test"] == images["valid"]).all()
+    assert (data.splits["valid"] == images["valid"][:2]).all()
+    assert data.labels is None and data.num_classes is None and recipe_num_classes("imagenet64") is None
+    assert data.key == "imagenet64-vdo-L256" and load_preset("imagenet64").data.name == "imagenet64"
+
+    unpacked = tmp_path / "unpacked"
+    for stem in downsampled_imagenet.SPLITS.values():
+        with tarfile.open(tmp_path / "small" / f"{stem}.tar") as archive:
+            archive.extractall(unpacked, filter="data")
+    local = prepare(str(unpacked))
+    assert local.fingerprint == data.fingerprint and local.key.startswith("imagenet64-vdo-")
+
+
+def test_van_den_oord_imagenet64_errors(tmp_path, monkeypatch, isolated_cache):
+    with pytest.raises(DataError) as err:
+        prepare("imagenet64")
+    message = str(err.value)
+    assert "md4 cannot download it" in message and downsampled_imagenet.ENV in message
+    assert str(isolated_cache / "imagenet64") in message and "imagenet64-chrabaszcz" in message
+    assert message.count(". ") == 0
+    folder = tmp_path / "small"
+    _imagenet_tars(folder, {"train": 2, "valid": 1}, np.random.default_rng(2))
+    with tarfile.open(folder / "valid_64x64.tar", "w") as archive:
+        _add(archive, "valid_64x64/00000001.png", _png(np.zeros((32, 32, 3), np.uint8)))
+    with pytest.raises(DataError, match=r"is a 32x32 RGB image, not 64x64 RGB"):
+        prepare(str(folder))
+
+
+def test_chrabaszcz_npz_batches_keep_working_under_their_own_name(tmp_path, monkeypatch, isolated_cache):
+    folder = isolated_cache / "imagenet64"  # where md4 0.x looked for them, still searched
+    rng = np.random.default_rng(3)
+    for path, count in ((folder / "train_data_batch_1.npz", 20), (folder / "val_data.npz", 3)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (count, 3 * 64 * 64), dtype=np.uint8)
+        np.savez(path, data=pixels, labels=list(rng.integers(1, 1001, count)))
+    data = prepare("imagenet64-chrabaszcz")
+    assert {split: len(x) for split, x in data.splits.items()} == {"train": 18, "valid": 2, "test": 3}
+    assert data.num_classes == 1000 and data.key == "imagenet64-L256"  # md4 0.x's cache entry stays valid
+    with pytest.raises(DataError, match="imagenet64-chrabaszcz data"):
+        prepare("imagenet64")  # the npz are not the van den Oord data
