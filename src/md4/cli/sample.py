@@ -33,10 +33,10 @@ from md4.sampling import (
     SampleSettings,
     default_sampler,
 )
+from md4.sampling.labels import class_labels
 from md4.sampling.settings import SETTING_NAMES
 
 RUN_DEFAULT = "the run's [sample] setting"
-from md4.sampling.labels import class_labels
 
 
 def add_parser(subparsers) -> None:
