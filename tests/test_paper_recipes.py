@@ -84,7 +84,7 @@ def _trained_run(tmp_path, capsys, corpus, *overrides):
     return run_dir
 
 
-def test_md4_sample_follows_the_runs_settings_flags_override_them_and_old_runs_keep_the_defaults(corpus, tmp_path, capsys):
+def test_md4_sample_uses_the_runs_settings_flags_override_them_old_runs_keep_the_defaults(corpus, tmp_path, capsys):
     run_dir = _trained_run(
         tmp_path, capsys, corpus, "sample.steps=5", "sample.grid=cosine", "sample.categorical=float32-gumbel"
     )
@@ -109,7 +109,12 @@ def test_md4_sample_follows_the_runs_settings_flags_override_them_and_old_runs_k
 
 
 def test_training_samples_follow_the_runs_settings(tmp_path):
-    settings = ["train.sample_steps=3", "sample.grid=cosine", "sample.categorical=float32-gumbel", "sample.sampler=mean"]
+    settings = [
+        "train.sample_steps=3",
+        "sample.grid=cosine",
+        "sample.categorical=float32-gumbel",
+        "sample.sampler=mean",
+    ]
     trainer = tiny_trainer(tmp_path / "run", *settings)
     try:
         path = trainer.write_samples()
