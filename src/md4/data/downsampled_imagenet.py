@@ -25,7 +25,6 @@ from md4.data.images import Chunk, RawImages
 
 ENV = "MD4_IMAGENET64"
 SPLITS = {"train": "train_64x64", "valid": "valid_64x64"}  # the release's "train" and "validation"
-SIZES = {"train": 1_281_149, "valid": 49_999}  # tfds downsampled_imagenet/64x64
 VALID_SLICE = 10_000  # md4's valid split: the first images of the validation set, which is also the test split
 CHUNK_ROWS = 4096
 URL = "https://image-net.org/download-images.php"  # "Downsampled ImageNet 64x64", after logging in
