@@ -36,7 +36,7 @@ _DESCRIPTIONS = {
     "cifar10": "CIFAR-10, 32x32 RGB, 10 classes, 45k/5k/10k images; local file or folder, "
     f"${image_sources.CIFAR10_ENV} or a download from {image_sources.CIFAR10_URL}.",
     "cifar10-all": "CIFAR-10 as the paper and the release split it: all 50k training images train, the 10k test "
-    f"images test, and valid the first {image_sources.CIFAR10_VALID_SLICE:,} of them (a slice of test).",
+    f"images test, and valid the first {image_sources.CIFAR10_VALID_SLICE:,} of them (a slice of test); the cifar10 files.",
     "imagenet64": "The paper's ImageNet 64x64: van den Oord et al.'s unlabelled downsampled ImageNet (tfds "
     "downsampled_imagenet/64x64), 1,281,149 train, 49,999 validation as test, valid its first "
     f"{downsampled_imagenet.VALID_SLICE:,}; train_64x64.tar and valid_64x64.tar in a local folder or "
