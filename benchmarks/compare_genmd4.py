@@ -45,7 +45,7 @@ def run_one(out: Path, preset: str, seed: int, steps: int) -> dict:
         "tokens_per_second": result.tokens_per_second,
         "test_bits_per_char": test.bits_per_token,
         "test_stderr": test.bits_per_token_stderr,
-        "sample": generate(run.model, run.codec, 1, steps=config.train.sample_steps, seed=0).texts[0],
+        "sample": generate(run.model, run.codec, 1, steps=config.sample.steps, seed=0).texts[0],
     }
     if run.model.schedule.per_token:
         plot_schedule(run.model, run.codec, out / "schedule.png", title=f"{preset}, seed {seed}, {steps} steps")

@@ -25,7 +25,7 @@ def isolated_cache(tmp_path, monkeypatch):
     """A test's own md4 cache, and no environment variable pointing md4 at a local copy of a dataset."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("MD4_CACHE_DIR", str(cache))
-    for name in ("MD4_TEXT8", "MD4_CIFAR10", "MD4_IMAGENET64"):
+    for name in ("MD4_TEXT8", "MD4_CIFAR10", "MD4_IMAGENET64", "MD4_IMAGENET64_CHRABASZCZ"):
         monkeypatch.delenv(name, raising=False)
     return cache
 

@@ -478,7 +478,8 @@ def test_seq_len_check(tmp_path: Path) -> None:
 
 def test_recipe_listing() -> None:
     text = ["shakespeare", "text8", "wikitext8-sample"]
-    assert available_recipes() == [*text, "mnist", "fashion-mnist", "digits", "cifar10", "imagenet64"]
+    images = ["mnist", "fashion-mnist", "digits", "cifar10", "cifar10-all", "imagenet64", "imagenet64-chrabaszcz"]
+    assert available_recipes() == [*text, *images]
     descriptions = recipe_descriptions()
     assert set(available_recipes()) | {"images:PATH[:HxW]", "hf:NAME[:CONFIG]", "PATH"} == set(descriptions)
     assert all(descriptions.values())

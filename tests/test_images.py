@@ -371,13 +371,14 @@ def test_imagenet64_batches_in_natural_order(
     assert (data.splits["test"] == test_images).all() and (data.labels["test"] == test_labels).all()
     assert data.meta["batches"] == ["train_data_batch_1.npz", "train_data_batch_2.npz", "train_data_batch_10.npz"]
     monkeypatch.setenv(sources.IMAGENET64_ENV, str(folder))
-    assert prepare("imagenet64").fingerprint == data.fingerprint
+    assert prepare("imagenet64-chrabaszcz").fingerprint == data.fingerprint
 
 
 def test_imagenet64_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path) -> None:
-    with pytest.raises(DataError, match="md4 cannot download it") as info:
-        prepare("imagenet64")
-    assert sources.IMAGENET64_ENV in str(info.value) and str(isolated_cache / "imagenet64") in str(info.value)
+    with pytest.raises(DataError, match="md4 cannot download them") as info:
+        prepare("imagenet64-chrabaszcz")
+    assert sources.IMAGENET64_ENV in str(info.value)
+    assert str(isolated_cache / "imagenet64-chrabaszcz") in str(info.value)
     folder = tmp_path / "imagenet64"
     imagenet_npz(folder / "train_data_batch_1.npz", 20)
     with pytest.raises(DataError, match="has 1 and 0"):
@@ -524,7 +525,7 @@ def test_open_dataset(digits_like: PreparedImages, tmp_path: Path) -> None:
 
 
 def test_recipe_facts_known_without_preparing() -> None:
-    names = ("mnist", "fashion-mnist", "digits", "cifar10", "imagenet64")
+    names = ("mnist", "fashion-mnist", "digits", "cifar10", "imagenet64-chrabaszcz")
     assert set(names) <= set(available_recipes()) and "images:PATH[:HxW]" in recipe_descriptions()
     assert [recipe_image_shape(n) for n in names] == [(28, 28, 1), (28, 28, 1), (8, 8, 1), (32, 32, 3), (64, 64, 3)]
     assert [recipe_num_classes(n) for n in names] == [10, 10, 10, 10, 1000]

@@ -5,6 +5,9 @@
 - ``[net]``: the network's options, straight into its config dataclass (e.g. :class:`md4.TransformerConfig`).
 - ``[data]``: which corpus and the sequence length.
 - ``[train]``: optimisation, precision, run control and periodic outputs.
+- ``[sample]``: how the run samples (:class:`md4.sampling.SampleSettings`): its periodic training samples and
+  ``md4 sample RUN`` without flags. A config written before the table existed loads with md4's defaults and its
+  ``train.sample_steps`` as ``sample.steps``.
 
 :func:`validate` checks every table, and builds the whole model on the meta device, before any data is read.
 """
@@ -34,7 +37,7 @@ from md4.distributed import PARALLEL_MODES
 from md4.limits import MAX_EXAMPLE_TOKENS
 from md4.nn.contract import capabilities_of
 from md4.notices import warn
-from md4.sampling import DEFAULT_STEPS
+from md4.sampling import EVERY_SAMPLER, SAMPLER_NAMES, SampleSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,7 +102,6 @@ class TrainConfig:
     eval_batches: int = 8
     sample_every: int = 500
     num_samples: int = 2
-    sample_steps: int = DEFAULT_STEPS
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
 
@@ -112,19 +114,8 @@ class TrainConfig:
                 f"train.weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, "
                 f"got {self.weight_decay_scope!r}."
             )
-        for key in (
-            "steps",
-            "batch_size",
-            "grad_accum",
-            "log_every",
-            "eval_every",
-            "eval_batches",
-            "sample_every",
-            "sample_steps",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "dist_timeout",
-        ):
+        for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
+                    "checkpoint_every", "keep_checkpoints", "dist_timeout"):  # fmt: skip
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be a positive integer, got {getattr(self, key)}.")
         if self.parallel not in PARALLEL_MODES:
@@ -168,6 +159,9 @@ class Config:
     net: dict[str, Any] = field(default_factory=_default_net)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    # False for a config.json written before [sample] existed: ``md4 sample`` then keeps md4's defaults
+    sample_recorded: bool = field(default=True, init=False, repr=False, compare=False)
     _plan: tuple[Any, models.ModelPlan] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +170,7 @@ class Config:
             "net": dict(self.net),
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
+            "sample": dataclasses.asdict(self.sample),
         }
 
     @classmethod
@@ -195,6 +190,7 @@ class Config:
             for key, value in values.items():
                 if not (section == "model" and key in models.SELECTORS):
                     _set(config, section, key, value)
+        config.sample_recorded = "sample" in d
         return config
 
     def to_json(self) -> str:
@@ -209,7 +205,8 @@ class Config:
         return self._plan[1]
 
 
-SECTIONS = ("model", "net", "data", "train")
+SECTIONS = ("model", "net", "data", "train", "sample")
+RENAMED_KEYS = {("train", "sample_steps"): ("sample", "steps")}  # older md4's names, still read
 WEIGHT_DECAY_SCOPES = ("matrices", "all")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -224,6 +221,8 @@ def section_keys(config: Config, section: str) -> dict[str, str]:
         return models.option_types(DataConfig)
     if section == "train":
         return models.option_types(TrainConfig)
+    if section == "sample":
+        return models.option_types(SampleSettings)
     raise ConfigError(f"Unknown config section {section!r}; sections are {', '.join(SECTIONS)}.")
 
 
@@ -284,6 +283,7 @@ def _reselect(config: Config, key: str, name: str) -> None:
 
 
 def _set(config: Config, section: str, key: str, value: Any) -> None:
+    section, key = RENAMED_KEYS.get((section, key), (section, key))
     value = _coerce(section, key, _field_type(config, section, key), value)
     if section == "model" and key in models.SELECTORS:
         if value != config.model[key]:
@@ -304,10 +304,12 @@ def parse_override(config: Config, text: str) -> tuple[str, str, str]:
     name, value = text.split("=", 1)
     name = name.strip()
     if "." in name:
-        section, key = name.split(".", 1)
+        section, key = RENAMED_KEYS.get(tuple(name.split(".", 1)), name.split(".", 1))
         _field_type(config, section, key)
         return section, key, value.strip()
     owners = [s for s in SECTIONS if name in section_keys(config, s)]
+    if len(owners) > 1 and "sample" in owners:  # a bare `steps` stays train.steps, as before [sample] existed
+        owners.remove("sample")
     if len(owners) != 1:
         raise ConfigError(
             f"Unknown config key {name!r} in override {text!r}; write it as section.key=value "
@@ -356,6 +358,10 @@ def validate(config: Config, spec: models.DataSpec | None = None) -> models.Mode
     With a ``spec`` (a run directory's own), nothing is looked up from ``data.name``: no file is touched.
     """
     config.train.check()
+    try:
+        config.sample.check(EVERY_SAMPLER)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     config.data.check(None if spec is not None else is_image_recipe(config.data.name))
     network = models.network(config.model["net"])
     if config.train.activation_checkpointing and not capabilities_of(network.build).checkpointing:
@@ -371,6 +377,7 @@ def validate(config: Config, spec: models.DataSpec | None = None) -> models.Mode
     for section, check in (
         ("net", lambda: plan.net_config(plan.model_spec(spec))),
         ("model", lambda: plan.parameter_count(spec)),
+        ("sample", lambda: config.sample.check_kind(lambda: plan.build(spec), config.model["kind"], SAMPLER_NAMES)),
     ):
         try:
             check()

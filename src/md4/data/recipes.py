@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from md4.data import hub, image_folders, image_sources, shakespeare, text8, textfile, wikisample
+from md4.data import downsampled_imagenet, hub, image_folders, image_sources, shakespeare, text8, textfile, wikisample
 from md4.data.batches import Dataset, TokenStream
 from md4.data.cache import DataError, cache_lock, no_space_error, source_stamp
 from md4.data.cache import cache_dir as default_cache_dir
@@ -35,8 +35,14 @@ _DESCRIPTIONS = {
     "digits": "scikit-learn's 8x8 digits with 17 grey levels, 10 classes, 1437/180/180 images; fetched from PyPI.",
     "cifar10": "CIFAR-10, 32x32 RGB, 10 classes, 45k/5k/10k images; local file or folder, "
     f"${image_sources.CIFAR10_ENV} or a download from {image_sources.CIFAR10_URL}.",
-    "imagenet64": "ImageNet 64x64 RGB, 1000 classes, the val npz as test; a local folder of its npz batches "
-    f"or ${image_sources.IMAGENET64_ENV} (never downloaded).",
+    "cifar10-all": "CIFAR-10 as the paper and the release split it: all 50k training images train, the 10k test "
+    f"images test, and valid the first {image_sources.CIFAR10_VALID_SLICE:,} of them (a slice of test); the cifar10 files.",
+    "imagenet64": "The paper's ImageNet 64x64: van den Oord et al.'s unlabelled downsampled ImageNet (tfds "
+    "downsampled_imagenet/64x64), 1,281,149 train, 49,999 validation as test, valid its first "
+    f"{downsampled_imagenet.VALID_SLICE:,}; train_64x64.tar and valid_64x64.tar in a local folder or "
+    f"${downsampled_imagenet.ENV} (never downloaded).",
+    "imagenet64-chrabaszcz": "Chrabaszcz et al.'s labelled ImageNet 64x64 npz batches (box resize), 1000 classes, "
+    f"the last 10k train images valid, the val npz test; a local folder or ${image_sources.IMAGENET64_ENV}.",
 }
 FOLDER_PREFIX = "images:"
 DEFAULT_IMAGE_SIZE = (32, 32)  # of a folder of images of different sizes
@@ -59,7 +65,7 @@ class ImageSpec(NamedTuple):
 
     shape: tuple[int, int, int]
     native_levels: int
-    num_classes: int
+    num_classes: int | None
 
 
 _IMAGE_SPECS = {
@@ -67,7 +73,9 @@ _IMAGE_SPECS = {
     "fashion-mnist": ImageSpec((28, 28, 1), 256, 10),
     "digits": ImageSpec((8, 8, 1), 17, 10),
     "cifar10": ImageSpec((32, 32, 3), 256, 10),
-    "imagenet64": ImageSpec((64, 64, 3), 256, 1000),
+    "cifar10-all": ImageSpec((32, 32, 3), 256, 10),
+    "imagenet64": ImageSpec((64, 64, 3), 256, None),
+    "imagenet64-chrabaszcz": ImageSpec((64, 64, 3), 256, 1000),
 }
 
 
@@ -134,12 +142,13 @@ def _is_image_folder(path: Path) -> bool:
         and image_folders.has_images(path)
         and not image_sources.is_cifar10_path(path)
         and not image_sources.is_imagenet64_path(path)
+        and not downsampled_imagenet.is_downsampled_imagenet_path(path)
     )
 
 
 def _image_kind(name: str) -> str | None:
     """The image recipe that ``name`` (canonical) means: a name of ``_IMAGE_SPECS``, "images" for a folder, or
-    "cifar10" / "imagenet64" for a local copy of those; None for text."""
+    "cifar10" / "imagenet64" / "imagenet64-chrabaszcz" for a local copy of those; None for text."""
     if name in _IMAGE_SPECS:
         return name
     if name.startswith(FOLDER_PREFIX):
@@ -147,8 +156,10 @@ def _image_kind(name: str) -> str | None:
     path = Path(name)
     if path.is_absolute() and image_sources.is_cifar10_path(path):
         return "cifar10"
-    if path.is_absolute() and image_sources.is_imagenet64_path(path):
+    if path.is_absolute() and downsampled_imagenet.is_downsampled_imagenet_path(path):
         return "imagenet64"
+    if path.is_absolute() and image_sources.is_imagenet64_path(path):
+        return "imagenet64-chrabaszcz"
     return None
 
 
@@ -266,18 +277,25 @@ def _image_recipe(name: str, kind: str, levels: int, cache: Path) -> ImageRecipe
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*.bin") if p.is_file())
         key = f"cifar10-{source_stamp(files)}-L{levels}"
         return ImageRecipe(name, key, lambda: image_sources.cifar10(path), levels, tuple(files))
-    if kind == "imagenet64" and path.is_absolute():
+    if kind == "imagenet64-chrabaszcz" and path.is_absolute():
         files = [p for group in image_sources.imagenet64_files(path) for p in group]
-        key = f"imagenet64-{source_stamp(files)}-L{levels}"
+        key = f"imagenet64-{source_stamp(files)}-L{levels}"  # md4 0.x's key for these files: its cache is kept
         return ImageRecipe(name, key, lambda: image_sources.imagenet64(path), levels, tuple(files))
+    if kind == "imagenet64" and path.is_absolute():
+        files = downsampled_imagenet.source_files(path)
+        key = f"imagenet64-vdo-{source_stamp(files)}-L{levels}"
+        return ImageRecipe(name, key, lambda: downsampled_imagenet.downsampled_imagenet(path), levels, tuple(files))
     builders: dict[str, Callable[[], RawImages]] = {
         "mnist": image_sources.mnist,
         "fashion-mnist": image_sources.fashion_mnist,
         "digits": image_sources.digits,
         "cifar10": lambda: image_sources.cifar10(image_sources.locate_cifar10(cache)),
-        "imagenet64": lambda: image_sources.imagenet64(image_sources.locate_imagenet64(cache)),
+        "cifar10-all": lambda: image_sources.cifar10(image_sources.locate_cifar10(cache), all_train=True),
+        "imagenet64": lambda: downsampled_imagenet.downsampled_imagenet(downsampled_imagenet.locate(cache)),
+        "imagenet64-chrabaszcz": lambda: image_sources.imagenet64(image_sources.locate_imagenet64(cache)),
     }
-    return ImageRecipe(name, f"{name}-L{levels}", builders[kind], levels)
+    keys = {"imagenet64": "imagenet64-vdo", "imagenet64-chrabaszcz": "imagenet64"}  # the npz kept md4 0.x's key
+    return ImageRecipe(name, f"{keys.get(kind, kind)}-L{levels}", builders[kind], levels)
 
 
 def resolve(name_or_path: str, cache: Path, levels: int | None = None) -> Recipe | ImageRecipe:

@@ -26,8 +26,11 @@ class MetricsLog:
             self.writer = None
 
     def scalars(self, split: str, values: dict[str, Any], step: int) -> None:
+        """One record of ``split`` at ``step``: its numbers, and its labels (strings, e.g. the precision) in the JSON
+        log only."""
         numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and v is not None}
-        self.file.write(json.dumps({"step": step, "split": split, **numbers}) + "\n")
+        labels = {k: v for k, v in values.items() if isinstance(v, str)}
+        self.file.write(json.dumps({"step": step, "split": split, **numbers, **labels}) + "\n")
         self.file.flush()
         if self.writer is not None:
             for key, value in numbers.items():

@@ -56,6 +56,7 @@ from md4.sampling.options import (
     SampleOutput,
     SamplingOptions,
 )
+from md4.sampling.settings import SampleSettings
 
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": GridSampler(ancestral_step, "one draw over V + 1 outcomes per step (Alg. 2)"),
@@ -67,6 +68,7 @@ SAMPLERS: dict[str, Sampler] = {
     "confident": ConfidentSampler(),
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
+EVERY_SAMPLER = (*SAMPLER_NAMES, AUTOREGRESSIVE)  # the names a run's [sample] table may give
 
 
 def default_sampler(model) -> str:
@@ -214,12 +216,14 @@ __all__ = [
     "DEFAULT_SAMPLER",
     "DEFAULT_STEPS",
     "DEFAULT_TOP_P",
+    "EVERY_SAMPLER",
     "GRIDS",
     "MAX_GUIDANCE",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "Diffusion",
     "SampleOutput",
+    "SampleSettings",
     "Sampler",
     "SamplingOptions",
     "categorical",

@@ -40,7 +40,6 @@ RESUMABLE_KEYS = {
     "eval_batches",
     "sample_every",
     "num_samples",
-    "sample_steps",
     "checkpoint_every",
     "keep_checkpoints",
     "device",
@@ -59,7 +58,7 @@ def config_differences(old: Config, new: Config) -> list[str]:
     for section in a:
         for key in sorted(set(a[section]) | set(b[section])):
             before, after = a[section].get(key), b[section].get(key)
-            if before != after and not (section == "train" and key in RESUMABLE_KEYS):
+            if before != after and not ((section == "train" and key in RESUMABLE_KEYS) or section == "sample"):
                 diffs.append(f"{section}.{key} ({before!r} -> {after!r})")
     return diffs
 

@@ -207,31 +207,34 @@ class Trainer:
         return {**sums, "lr": lr, "grad_norm": grad_norm, "stop": float(any_stop > 0)}
 
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, Any]:
-        """The EMA model's bound on ``split`` in micro-batches of the training micro-batch's rows; the ranks share
-        the batches and agree on the result (with a sharded model in lockstep, as each forward pass gathers
-        weights from all)."""
+        """The EMA model's bound on ``split`` in micro-batches of the training micro-batch's rows, in fp32 whatever
+        the training precision, as ``md4 eval`` computes it; the ranks share the batches and agree on the result
+        (with a sharded model in lockstep, as each forward pass gathers weights from all; a bf16 run's sharded
+        blocks are gathered in bf16, so its result says ``precision: bf16-weights``)."""
         batches = self.data.eval_batches(split, self.t.batch_size, max_batches or self.t.eval_batches)
         with distributed.gathered(self.ema.module) as model:
             estimate = estimate_nelbo(
                 model,
                 batches,
                 seed=self.t.seed,
-                precision=self.t.precision,
+                precision="fp32",
                 world=self.world,
                 micro_batch=self.micro_batch,
                 lockstep=self.sharded,
             )
-        return estimate.to_dict()
+        gathered_bf16 = self.sharded and self.t.precision == "bf16"
+        return {**estimate.to_dict(), "precision": "bf16-weights" if gathered_bf16 else "fp32"}
 
     def write_samples(self) -> Path | None:
         """Samples of the EMA model (one per class, in turn, for class-conditional data) into ``samples/``, in the
-        run's precision; rank 0 writes them (with a sharded model every rank draws the same samples alongside)."""
+        run's precision, with the run's ``[sample]`` settings; rank 0 writes them (with a sharded model every rank
+        draws the same samples alongside)."""
         if not (self.world.is_main or self.sharded):
             return None
         labels = class_labels(self.model.num_classes, self.t.num_samples, device=self.device)
         with distributed.gathered(self.ema.module) as model, autocast(self.device, self.t.precision):
             out = sample(
-                model, self.t.num_samples, steps=self.t.sample_steps, labels=labels, seed=self.t.seed + self.step
+                model, self.t.num_samples, labels=labels, seed=self.t.seed + self.step, **self.config.sample.options()
             )
         if not self.world.is_main:
             return None
