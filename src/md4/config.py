@@ -196,6 +196,12 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    @property
+    def run_sampling(self) -> SampleSettings:
+        """The settings a run samples with when no flag says otherwise: its ``[sample]`` table, or md4's defaults
+        for a config written before the table existed (as that run sampled then)."""
+        return self.sample if self.sample_recorded else SampleSettings()
+
     def plan(self) -> models.ModelPlan:
         """The model this config describes, resolved once (:func:`md4.models.resolve`): again only after
         ``[model]`` or ``[net]`` changed."""

@@ -10,7 +10,7 @@ from md4.device import PRECISION_CHOICES
 from md4.quality.features import FEATURES, INCEPTION, feature_extractor
 from md4.quality.image_quality import DEFAULT_FID_SPLIT, SAMPLE_BATCH, image_quality
 from md4.runs.directory import LoadedRun
-from md4.sampling import DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_STEPS, GRIDS, SAMPLERS
+from md4.sampling import DEFAULT_GUIDANCE, GRIDS, SAMPLERS
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -32,9 +32,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "random-conv: a fixed random network, offline, not comparable with published numbers (default: %(default)s)",
     )
     g.add_argument("--fid-inception-weights", metavar="FILE", help="the Inception weights file, for offline machines")
-    g.add_argument("--fid-steps", type=int, default=DEFAULT_STEPS, help="reverse steps T (default: %(default)s)")
+    g.add_argument("--fid-steps", type=int, help="reverse steps T (default: the run's sample.steps)")
     g.add_argument("--fid-sampler", choices=list(SAMPLERS), help="sampler (default: the run's, as md4 sample)")
-    g.add_argument("--fid-grid", choices=GRIDS, default=DEFAULT_GRID, help="time grid (default: %(default)s)")
+    g.add_argument("--fid-grid", choices=GRIDS, help="time grid (default: the run's sample.grid)")
     g.add_argument(
         "--fid-guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance (default: %(default)s)"
     )
@@ -62,6 +62,7 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, loaded: LoadedRun) -> dict:
     """Measure, print a report unless ``--json``, and return the results."""
     extractor = feature_extractor(args.fid_features, args.fid_inception_weights)
+    own = loaded.config.run_sampling  # what no flag says comes from the run's [sample] table
     quality = image_quality(
         loaded,
         args.fid,
@@ -71,9 +72,10 @@ def run(args: argparse.Namespace, loaded: LoadedRun) -> dict:
         batch_size=args.fid_batch,
         seed=args.seed,
         precision=args.fid_precision,
-        steps=args.fid_steps,
-        sampler=args.fid_sampler,
-        grid=args.fid_grid,
+        steps=args.fid_steps or own.steps,
+        sampler=args.fid_sampler or own.sampler,
+        grid=args.fid_grid or own.grid,
+        categorical=own.categorical,
         guidance=args.fid_guidance,
     )
     if not args.json:

@@ -15,7 +15,7 @@ from md4.quality.corpus import reference_sequences, run_corpus, split_tokens
 from md4.quality.generative import Row, check_text_run, measure, settings, sweep
 from md4.quality.scorer_spec import SCORER_FORMS, load_scorer
 from md4.runs.directory import LoadedRun
-from md4.sampling import CATEGORICAL, DEFAULT_CATEGORICAL, DEFAULT_GRID, DEFAULT_STEPS, GRIDS, SAMPLERS, default_sampler
+from md4.sampling import CATEGORICAL, GRIDS, SAMPLERS, default_sampler
 
 DEFAULT_SAMPLES = 16
 DEFAULT_SCORER = "ngram"
@@ -34,19 +34,17 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated samplers: {', '.join([*SAMPLERS, AUTOREGRESSIVE])} (default: the run's own)",
     )
     g.add_argument(
-        "--sample-steps",
-        metavar="LIST",
-        default=str(DEFAULT_STEPS),
-        help="comma-separated reverse step counts (default: %(default)s)",
+        "--sample-steps", metavar="LIST", help="comma-separated reverse step counts (default: the run's sample.steps)"
     )
-    g.add_argument("--grid", choices=GRIDS, default=DEFAULT_GRID, help="time grid (default: %(default)s)")
+    g.add_argument("--grid", choices=GRIDS, help="time grid (default: the run's sample.grid)")
     g.add_argument(
         "--categorical",
         metavar="LIST",
-        default=DEFAULT_CATEGORICAL,
-        help=f"comma-separated categorical draws: {', '.join(CATEGORICAL)} (default: %(default)s)",
+        help=f"comma-separated categorical draws: {', '.join(CATEGORICAL)} (default: the run's sample.categorical)",
     )
-    g.add_argument("--top-p", type=float, help="nucleus mass of the top_p and autoregressive samplers")
+    g.add_argument(
+        "--top-p", type=float, help="nucleus mass of the top_p and autoregressive samplers (default: the run's)"
+    )
     g.add_argument("--length", type=int, help="sample length in tokens (default: the training seq_len)")
     g.add_argument(
         "--sample-precision",
@@ -74,14 +72,17 @@ def run(args: argparse.Namespace, loaded: LoadedRun) -> dict:
     for name in ("samples", "length"):
         positive(f"--{name}", getattr(args, name))
     check_text_run(loaded)
-    steps = listed("--sample-steps", args.sample_steps, int)
+    own = loaded.config.run_sampling  # what no flag says comes from the run's [sample] table
+    grid = args.grid or own.grid
+    top_p = own.top_p if args.top_p is None else args.top_p
+    steps = listed("--sample-steps", args.sample_steps or str(own.steps), int)
     for count in steps:
         positive("--sample-steps", count)
-    categoricals = listed("--categorical", args.categorical)
+    categoricals = listed("--categorical", args.categorical or own.categorical)
     for draw in categoricals:
         if draw not in CATEGORICAL:
             raise ValueError(f"Unknown categorical draw {draw!r} in --categorical; use {', '.join(CATEGORICAL)}.")
-    samplers = listed("--sampler", args.sampler) if args.sampler else [default_sampler(loaded.model)]
+    samplers = listed("--sampler", args.sampler) if args.sampler else [own.sampler or default_sampler(loaded.model)]
     chosen = settings(samplers, steps, categoricals)
     length = args.length or loaded.spec.data_shape[0]
     batch = args.batch_size or min(args.samples, loaded.config.train.batch_size)
@@ -97,16 +98,16 @@ def run(args: argparse.Namespace, loaded: LoadedRun) -> dict:
         length=length,
         batch_size=batch,
         seed=args.seed,
-        grid=args.grid,
-        top_p=args.top_p,
+        grid=grid,
+        top_p=top_p,
         precision=precision,
     )
     report = {
         "scorer": scorer.name,
         "samples": args.samples,
         "length": length,
-        "grid": args.grid,
-        "top_p": args.top_p,
+        "grid": grid,
+        "top_p": top_p,
         "sample_precision": precision,
         "seed": args.seed,
         "rows": [row.to_dict() for row in rows],

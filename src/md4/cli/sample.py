@@ -30,7 +30,6 @@ from md4.sampling import (
     GRIDS,
     MAX_GUIDANCE,
     SAMPLERS,
-    SampleSettings,
     default_sampler,
 )
 from md4.sampling.labels import class_labels
@@ -172,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 def chosen_settings(args: argparse.Namespace, config: Config) -> tuple[dict[str, Any], dict[str, str]]:
     """The sampling settings to use and where each came from: a flag, else the run's ``[sample]`` table, else md4's
     defaults (a run written before md4 recorded the table keeps them, as it sampled then)."""
-    recorded = config.sample if config.sample_recorded else SampleSettings()
+    recorded = config.run_sampling
     run_origin = "the run's config" if config.sample_recorded else "md4's defaults"
     settings, origins = recorded.options(), {}
     for name in SETTING_NAMES:
