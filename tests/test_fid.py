@@ -179,3 +179,18 @@ def test_fid_refuses_a_text_run(corpus, tmp_path, capsys):
     train(build_config(None, ["train.steps=1", *TINY_TEXT], data=str(corpus)), tmp_path / "text", progress=False)
     code, _, err = cli(capsys, "eval", tmp_path / "text", "--fid", 4, *offline)
     assert code == 2 and "is a text run" in last_error(err)
+
+
+def test_the_suite_of_an_image_run_measures_fid_and_keeps_the_reason_it_could_not(digits_run, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)  # as if not installed
+    options = ["--suite", "--fid", 4, "--fid-steps", 2, "--fid-references", 20, "--max-batches", 1, "--no-progress"]
+    code, out, err = cli(capsys, "eval", digits_run, *options)
+    results = json.loads((digits_run / "eval.json").read_text())
+    assert code == 0, err
+    assert "continuous" in results and "fid" not in results and "gen_ppl" not in results
+    assert "pip install md4[fid]" in results["not_measured"]["FID and KID"]  # the Inception path's own sentence
+    assert set(results["not_measured"]) == {"FID and KID", "generative perplexity", "zero-shot perplexity"}
+    code, out, err = cli(capsys, "eval", digits_run, *options, "--fid-features", RANDOM_CONV, "--fid-precision", "fp32")
+    results, report = json.loads((digits_run / "eval.json").read_text()), (digits_run / "eval.md").read_text()
+    assert code == 0 and results["fid"]["samples"] == 4 and results["fid"]["references"] == 20
+    assert "## Image sample quality" in report and f"{results['fid']['fid']:.4g}" in report and report in out

@@ -215,3 +215,21 @@ def test_smollm2_from_its_pypi_wheel_knows_english(runs):
     text = held_out(runs.md4, num=4, length=64)
     assert "SmolLM2-135M-Instruct" in scorer.name
     assert scorer.score(text).perplexity < 0.2 * scorer.score(shuffled(text)).perplexity
+
+
+def test_the_suite_writes_every_measurement_that_applies_into_the_run(runs, capsys):
+    options = ["--suite", "--samples", 3, "--sample-steps", 4, "--max-batches", 1, "--steps", 10, "--no-progress"]
+    for kind, samplers, bounds in (
+        ("md4", ["ancestral", "top_p", "exact"], {"continuous", "discrete"}),
+        ("ar", ["autoregressive"], {"exact"}),
+    ):
+        code, out, err = cli(capsys, "eval", runs.root / kind, *options, "--sample-precision", "fp32")
+        results = json.loads((runs.root / kind / "eval.json").read_text())
+        report = (runs.root / kind / "eval.md").read_text()
+        assert code == 0, err
+        assert bounds <= set(results) and [row["sampler"] for row in results["gen_ppl"]["rows"]] == samplers
+        assert set(results["not_measured"]) == {"FID and KID", "zero-shot perplexity"}
+        bound = results[min(bounds)]  # continuous, or exact
+        assert f"{bound['bits_per_token']:.4f} ± {bound['bits_per_token_stderr']:.4f}" in report
+        assert all(f"| {name} |" in report for name in samplers) and "| held-out text (test) |" in report
+        assert report in out  # printed as written

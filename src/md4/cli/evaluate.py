@@ -9,7 +9,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from md4.cli import eval_fid, eval_gen_ppl, eval_zero_shot
+from md4.cli import eval_fid, eval_gen_ppl, eval_suite, eval_zero_shot
 from md4.cli.options import add_model_options, positive
 from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
@@ -58,15 +58,21 @@ def add_parser(subparsers) -> None:
         "--bounds", action="store_true", help="also compute the bounds when a quality measurement below is asked for"
     )
     eval_zero_shot.add_options(p)
+    eval_suite.add_options(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     eval_gen_ppl.add_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-# The options of md4.quality's measurements (each one's own module in md4.cli); asking for one skips the bounds
-# unless --bounds is given too.
-QUALITY_OPTIONS: tuple[str, ...] = ("gen_ppl", "zero_shot", "fid")
+# md4.quality's measurements, each its own module in md4.cli: its option (and key in the results), its name in the
+# report, its module. Asking for one skips the bounds unless --bounds (or --suite) is given too.
+MEASUREMENTS = (
+    ("gen_ppl", "generative perplexity", eval_gen_ppl),
+    ("zero_shot", "zero-shot perplexity", eval_zero_shot),
+    ("fid", "FID and KID", eval_fid),
+)
+QUALITY_OPTIONS = tuple(key for key, _, _ in MEASUREMENTS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,14 +83,18 @@ def run(args: argparse.Namespace) -> int:
     use_tf32(next(loaded.model.parameters()).device, not args.no_tf32)
     weights = "raw" if args.no_ema else "EMA"
     results = {"run": str(args.run), "step": loaded.step, "weights": weights}
+    skipped = eval_suite.select(args, loaded) if args.suite else {}
     if args.bounds or not any(getattr(args, name) for name in QUALITY_OPTIONS):
         results.update(bounds(args, loaded, weights))
-    if args.gen_ppl:
-        results["gen_ppl"] = eval_gen_ppl.run(args, loaded)
-    if args.zero_shot:
-        results["zero_shot"] = eval_zero_shot.run(args, loaded)
-    if args.fid is not None:
-        results["fid"] = eval_fid.run(args, loaded)
+    for key, name, module in MEASUREMENTS:
+        if getattr(args, key):
+            value = (
+                eval_suite.attempt(skipped, name, module.run, args, loaded) if args.suite else module.run(args, loaded)
+            )
+            if value is not None:
+                results[key] = value
+    if args.suite:
+        eval_suite.finish(args, results, skipped)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
