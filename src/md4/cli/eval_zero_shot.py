@@ -5,11 +5,8 @@ SEDD (Lou et al. 2024) and MDLM (Sahoo et al. 2024), from the Hugging Face hub o
 from __future__ import annotations
 
 import argparse
-import sys
 
-from tqdm.auto import tqdm
-
-from md4.cli.options import positive
+from md4.cli.options import batch_progress, positive
 from md4.quality.zero_shot import LAYOUTS, ZeroShotResult, zero_shot
 from md4.quality.zero_shot_corpora import CORPORA, corpora_named
 
@@ -44,15 +41,7 @@ def run(args: argparse.Namespace, loaded) -> dict:
     corpora = corpora_named(args.zero_shot)
 
     def progress(corpus, batches, count):
-        return tqdm(
-            batches,
-            total=count,
-            desc=f"zero-shot {corpus.name}",
-            unit="batch",
-            disable=args.no_progress,
-            leave=False,
-            mininterval=0.5 if sys.stderr.isatty() else 30.0,
-        )
+        return batch_progress(batches, count, f"zero-shot {corpus.name}", args.no_progress)
 
     results = zero_shot(
         loaded,

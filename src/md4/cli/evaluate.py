@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-from tqdm.auto import tqdm
 
 from md4.cli import eval_fid, eval_gen_ppl, eval_suite, eval_zero_shot
-from md4.cli.options import add_model_options, positive
+from md4.cli.options import add_model_options, batch_progress, positive
 from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
 from md4.evaluate import DEFAULT_BOUND_STEPS, BoundEstimate, evaluate_run, unit_of
@@ -107,15 +104,7 @@ def bounds(args: argparse.Namespace, loaded, weights: str) -> dict:
     def progress(label: str, held_out: HeldOut):
         if label in ("continuous", EXACT) and not args.json:
             print(f"md4 eval: {held_out.description}, step {loaded.step}, {weights} weights, {args.precision}")
-        return tqdm(
-            held_out.batches,
-            total=held_out.count,
-            desc=f"{label} bound",
-            unit="batch",
-            disable=args.no_progress,
-            leave=False,
-            mininterval=0.5 if sys.stderr.isatty() else 30.0,
-        )
+        return batch_progress(held_out.batches, held_out.count, f"{label} bound", args.no_progress)
 
     def show(label: str, est: BoundEstimate) -> None:
         if label == EXACT and not args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 
@@ -32,3 +33,19 @@ def check_output_file(path: Path, option: str, example: str) -> None:
         raise ValueError(f"{option} {path} is inside {blocker}, which is a file; choose another path.")
     if not os.access(blocker or Path("."), os.W_OK):
         raise ValueError(f"{option} {path} cannot be written ({blocker} is not writable); choose another path.")
+
+
+def batch_progress(batches, total: int, label: str, hidden: bool):
+    """A progress bar over evaluation batches on stderr (refreshed twice a second on a terminal, every 30 s in a
+    log), gone when done; ``hidden``: ``--no-progress``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        batches,
+        total=total,
+        desc=label,
+        unit="batch",
+        disable=hidden,
+        leave=False,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+    )
