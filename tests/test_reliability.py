@@ -20,6 +20,7 @@ import torch
 from cli_runs import TINY_TEXT as TINY
 from cli_runs import cli, last_error
 
+from md4.device import resolve_precision
 from md4.runs.checkpoints import CheckpointError, list_checkpoints, read_checkpoint, save_checkpoint
 
 
@@ -424,7 +425,9 @@ def test_banner_names_the_data_and_the_model(corpus, tmp_path, capsys):
         capsys, "train", "--data", corpus, "--out", tmp_path / "run", "--no-progress", "train.steps=1", *TINY
     )
     assert code == 0
-    assert f"md4: training a md4 model (transformer, 32,480 parameters) on {corpus.resolve()} into" in err
+    precision = resolve_precision(torch.device("cpu"), "auto")  # the default preset's train.precision
+    banner = f"md4: training a md4 model (transformer, 32,480 parameters) on {corpus.resolve()} in {precision} "
+    assert banner + "(train.precision=auto) into" in err
     assert "shakespeare-char" not in err
 
 

@@ -198,8 +198,7 @@ class Config:
 
     @property
     def run_sampling(self) -> SampleSettings:
-        """The settings a run samples with when no flag says otherwise: its ``[sample]`` table, or md4's defaults
-        for a config written before the table existed (as that run sampled then)."""
+        """A run's ``[sample]`` table, or md4's defaults for a config written before the table (as it sampled then)."""
         return self.sample if self.sample_recorded else SampleSettings()
 
     def plan(self) -> models.ModelPlan:
