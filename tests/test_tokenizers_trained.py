@@ -114,10 +114,10 @@ def test_md4_train_refuses_a_bad_tokenizer_in_one_sentence(corpus, tmp_path, cap
 
 def test_a_bpe_run_reports_bits_per_char_from_the_split_s_characters(corpus, tmp_path, capsys):
     run = tmp_path / "bpe"
-    code, out, _ = cli(
+    code, out, err = cli(
         capsys, "train", "--data", corpus, "--out", run, "--no-progress", *tiny_overrides(), "data.tokenizer=bpe:300"
     )
-    assert code == 0
+    assert code == 0 and f"on {corpus} in bpe:300 tokens" in out + err
     prepared = prepare(str(corpus), tokenizer="bpe:300")  # the same entry again, not trained a second time
     source = json.loads((run / "data.json").read_text())["source"]
     assert source["key"] == prepared.key and source["fingerprint"] == prepared.fingerprint
