@@ -9,7 +9,7 @@ import sys
 import pytest
 from cli_runs import TINY_TEXT, cli, last_error
 
-from md4.config import ConfigError, build_config
+from md4.config import ConfigError, build_config, data_spec_guess
 from md4.data import DataError, TokenizersCodec, codec_from_dict, prepare
 from md4.data.hf_tokenizer import pretrained_codec, text_pieces, train_bpe
 
@@ -90,6 +90,19 @@ def test_a_pretrained_tokenizer_never_encodes_its_special_tokens_from_text(bert_
     assert codec.decode(ids[:2] + [codec.mask_token_id]) == "the [ [MASK]"  # what the WordPiece decoder gives
     rebuilt = codec_from_dict(codec.to_dict())
     assert rebuilt.mask_token_id == codec.mask_token_id and rebuilt.encode("the cat").tolist() == [5, 6]
+
+
+def test_a_pretrained_tokenizer_folder_encodes_the_corpus_as_its_own_entry(bert_folder, corpus, monkeypatch):
+    monkeypatch.chdir(bert_folder.parent)
+    config = build_config(None, ["data.tokenizer=hf:bert"], data=str(corpus))
+    assert config.data.tokenizer == f"hf:{bert_folder}"  # a folder by its absolute path, from any directory
+    assert data_spec_guess(config).vocab_size == len(BERT_VOCAB)
+    prepared = prepare(str(corpus), tokenizer=config.data.tokenizer)
+    base = prepare(str(corpus))
+    assert prepared.key.startswith(f"{base.key}-hf-") and prepared.meta["base"]["fingerprint"] == base.fingerprint
+    assert prepared.tokenizer.mask_token_id == BERT_VOCAB.index("[MASK]")
+    assert prepared.meta["split_characters"]["train"] == len(base.splits["train"])
+    assert BERT_VOCAB.index("[CLS]") not in set(prepared.splits["train"].tolist())
 
 
 def tiny_overrides(*extra):
