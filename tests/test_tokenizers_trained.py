@@ -49,12 +49,17 @@ def test_a_small_corpus_gives_fewer_tokens_than_asked():
     assert 256 < TokenizersCodec(train_bpe("abab abab", 1000)).vocab_size < 300
 
 
-def test_text_encoded_in_pieces_gives_the_tokens_of_the_whole_text():
-    text = CORPUS + AWKWARD
+def test_text_encoded_in_pieces_gives_the_tokens_of_the_whole_text(bert_folder):
+    text = CORPUS + AWKWARD + " The [MASK] cat,  sat.\n" * 20
     pieces = text_pieces(text, size=37)
     assert len(pieces) > 100 and "".join(pieces) == text
-    whole = tokenizers.Tokenizer.from_str(train_bpe(CORPUS, 300)).encode(text, add_special_tokens=False).ids
-    assert TokenizersCodec(train_bpe(CORPUS, 300)).encode(text).tolist() == whole
+    bpe = train_bpe(CORPUS, 300)
+    for tokenizer_json in (bpe, (bert_folder / "tokenizer.json").read_text()):
+        tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
+        whole = tokenizer.encode(text, add_special_tokens=False).ids
+        assert [i for piece in pieces for i in tokenizer.encode(piece, add_special_tokens=False).ids] == whole
+    whole = tokenizers.Tokenizer.from_str(bpe).encode(text, add_special_tokens=False).ids
+    assert TokenizersCodec(bpe).encode(text * 50).tolist() == whole * 50  # the codec's own pieces
 
 
 def test_the_codec_rebuilds_from_its_dict_through_json():
