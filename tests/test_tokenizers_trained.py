@@ -168,3 +168,13 @@ def test_a_character_run_s_bits_per_char_are_its_bits_per_token(corpus, tmp_path
     result = json.loads(out)
     assert code == 0 and result["unit"] == "char"
     assert result["continuous"]["bits_per_char"] == result["continuous"]["bits_per_token"]
+
+
+def test_md4_data_prepare_encodes_a_corpus_with_a_trained_bpe(corpus, capsys):
+    code, out, _ = cli(capsys, "data", "prepare", corpus, "--tokenizer", "bpe:300")
+    prepared = prepare(str(corpus), tokenizer="bpe:300")
+    assert code == 0 and f"(bpe:300): vocabulary {prepared.tokenizer.vocab_size}; tokens: train" in out
+    characters = prepare(str(corpus))
+    assert prepared.tokenizer.decode(prepared.splits["valid"]) == characters.tokenizer.decode(
+        characters.splits["valid"]
+    )
