@@ -282,8 +282,8 @@ def _parameter_count(weights: dict[str, torch.Tensor]) -> int:
 def _tokenizer_json(codec: Codec) -> str | None:
     """The ``tokenizer.json`` of a codec that is a Hugging Face tokenizer, so that Hub tools can read it."""
     described: dict[str, Any] = codec.to_dict()
-    text = described.get("tokenizer_json")
-    return text if isinstance(text, str) else None
+    tokenizer = described.get("tokenizer") if described["type"] == "tokenizers" else None
+    return json.dumps(tokenizer, ensure_ascii=False) if isinstance(tokenizer, dict) else None
 
 
 def _version() -> str:
