@@ -236,3 +236,18 @@ def test_the_hub_offline_is_one_sentence(runs, capsys, monkeypatch):
     assert code != 0 and "could not upload to hf:someone/tiny-md4" in last_error(err)
     code, _, err = cli(capsys, "push", runs["md4"], "not a repo id")
     assert code != 0 and "is not a Hub repository id" in last_error(err)
+
+
+def test_a_bpe_run_exports_its_tokenizer_for_hub_tools(tmp_path, corpus, capsys):
+    from tokenizers import Tokenizer
+
+    run = tmp_path / "bpe"
+    argv = ["train", "--data", corpus, "--out", run, "--no-progress", *TEXT, "train.steps=2", "data.tokenizer=bpe:300"]
+    assert cli(capsys, *argv)[0] == 0
+    out = export_run(run, tmp_path / "export")
+    loaded = from_pretrained(out, device="cpu")
+    text = "To be, or not to be, that is the question 7."
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids == loaded.codec.encode(text).tolist()
+    assert loaded.codec.decode(loaded.codec.encode(text)) == text
+    card = (out / "README.md").read_text()
+    assert "bits/char)" in card and "data.tokenizer=bpe:300" in card

@@ -119,7 +119,9 @@ def _evaluation(extras: RunExtras, unit: str) -> list[str]:
             "",
             (
                 f"Validation bound at step {row.get('step')}: **{row['bits_per_token']:.4f} ± "
-                f"{row.get('bits_per_token_stderr', float('nan')):.4f} bits/{unit}** (the training run's periodic "
+                f"{row.get('bits_per_token_stderr', float('nan')):.4f} bits/{unit}**"
+                + (f" ({row['bits_per_char']:.4f} bits/char)" if "bits_per_char" in row and unit == "token" else "")
+                + " (the training run's periodic "
                 f"evaluation: {row.get('num_sequences')} sequences, {row.get('draws', 1)} draw each; ± one standard "
                 "error). Run `md4 eval RUN --suite` before exporting for the test split, every bound and the "
                 "quality measurements."
