@@ -64,7 +64,9 @@ class Scripted:
 
     def __init__(self, run_dir, stop_at=None, **train):
         self.t, self.world, self.run_dir, self.progress = TrainConfig(**train), World(), run_dir, False
-        self.state = SimpleNamespace(step=0, tokens_seen=0, saved_this_step=lambda _: self.saved == self.state.step)
+        self.state = SimpleNamespace(
+            step=0, tokens_seen=0, planned_steps=None, saved_this_step=lambda _: self.saved == self.state.step
+        )
         self.log, self.events, self.stop_at, self.saved = self, [], stop_at, None
 
     def train_step(self, stop=False):

@@ -56,6 +56,7 @@ class TrainConfig:
     """Optimisation, precision, run control and periodic outputs."""
 
     steps: int = 1000
+    time_limit: float | None = None  # minutes of training in one session: steps then planned to fit (at most steps)
     batch_size: int = 32  # the global batch of one optimizer step, over all processes and micro-batches
     grad_accum: int = 1  # micro-batches per step: each is batch_size / (processes x grad_accum) rows per process
     lr: float = 1e-3
@@ -117,6 +118,8 @@ class TrainConfig:
         for key in ("warmup_steps", "weight_decay"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}.")
+        if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
+            raise ConfigError(f"train.time_limit is minutes of training, a positive number, got {self.time_limit}.")
         if not self.grad_clip >= 0:
             raise ConfigError(f"train.grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}.")
         if not DEVICE_PATTERN.fullmatch(self.device):

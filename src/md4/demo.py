@@ -98,6 +98,8 @@ def run_demo(
         "run_dir": str(run_dir),
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "train_seconds": round(training.seconds, 1),
+        "steps": training.step,
+        "planned_steps": training.planned_steps,  # what train.time_limit (--minutes) allowed; None without one
         "train_tokens_per_second": round(training.tokens_per_second),
         f"valid_bits_per_{result.unit}": result.valid.bits_per_token,
         f"test_bits_per_{result.unit}": result.test.bits_per_token,

@@ -15,9 +15,12 @@ def describe(trainer, resume: bool, note: str = "") -> str:
     precision = trainer.t.precision + (" (train.precision=auto)" if trainer.config.train.precision == "auto" else "")
     tokenizer = trainer.config.data.tokenizer
     data = trainer.config.data.name + (f" in {tokenizer} tokens" if tokenizer else "")
+    limit = trainer.t.time_limit
+    budget = f" for {limit:g} minutes (at most {trainer.t.steps:,} steps)" if limit is not None else ""
     return (
         f"md4: {start} {article} {model['kind']} model ({model['net']}, {params:,} parameters) on {data}"
-        f"{f' ({classes})' if classes else ''} in {precision} into {trainer.run_dir}{f'; {note}' if note else ''}"
+        f"{f' ({classes})' if classes else ''} in {precision}{budget} into {trainer.run_dir}"
+        f"{f'; {note}' if note else ''}"
     )
 
 

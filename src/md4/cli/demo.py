@@ -7,6 +7,7 @@ import sys
 
 from md4.cli.banner import describe
 from md4.cli.exit_codes import EXIT_SIGNAL
+from md4.cli.options import add_minutes_option, minutes_override
 from md4.demo import DEMO_PROMPT, DemoResult, run_demo
 
 
@@ -18,6 +19,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--images", action="store_true", help="the image demo: class-conditional MNIST, ~25 minutes")
     p.add_argument("--out", help="run directory (default: runs/demo, or runs/demo-mnist with --images)")
+    add_minutes_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     p.set_defaults(func=run)
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     def banner(trainer, resumed: bool) -> None:
         print(describe(trainer, resumed).replace("md4:", "md4 demo:", 1), file=sys.stderr)
 
-    result = run_demo(args.images, args.out, args.overrides, not args.no_progress, on_start=banner)
+    result = run_demo(args.images, args.out, minutes_override(args), not args.no_progress, on_start=banner)
     if result.interrupted:
         again = f"md4 demo{' --images' if args.images else ''} --out {result.run_dir}"
         print(f"md4 demo: stopped at step {result.training.step}; run `{again}` again to continue.")
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"test bits/{unit} <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {result.test_data}; "
         f"valid {result.valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
-        f"{result.training.tokens_per_second:.0f} train tokens/s; {summary['wall_seconds']:.0f} s in all"
+        f"{result.training.tokens_per_second:.0f} train tokens/s; {summary['steps']:,} steps"
+        f"{' (planned for the time limit)' if summary['planned_steps'] is not None else ''}; "
+        f"{summary['wall_seconds']:.0f} s in all"
     )
     print(
         f"curves: {result.run_dir / 'curves.png'}; summary: {result.run_dir / 'demo.json'}; "

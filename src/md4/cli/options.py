@@ -49,3 +49,18 @@ def batch_progress(batches, total: int, label: str, hidden: bool):
         leave=False,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
+
+
+def add_minutes_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--minutes",
+        type=float,
+        metavar="N",
+        help="train for N minutes (train.time_limit): the steps that fit are planned from the first steps' time, at "
+        "most train.steps, and training stops with a checkpoint when the time is up",
+    )
+
+
+def minutes_override(args: argparse.Namespace) -> list[str]:
+    """``--minutes N`` as the override it stands for, after the others (so it wins)."""
+    return [*args.overrides, f"train.time_limit={args.minutes}"] if args.minutes is not None else list(args.overrides)

@@ -10,7 +10,7 @@ from pathlib import Path
 from md4 import distributed
 from md4.cli.banner import describe
 from md4.cli.exit_codes import EXIT_SIGNAL, exit_code_of
-from md4.cli.options import positive
+from md4.cli.options import add_minutes_option, minutes_override, positive
 from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, default_preset, init_config, preset_note
 from md4.evaluate import unit_of
 from md4.runs.directory import check_run_dir_free, own_dataset, resume_config
@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
         help="start from trained weights and fine-tune them: a folder of md4 export, hf:REPO_ID or a run directory "
         "(its config is the new run's, under --preset and the overrides; the data must be tokenised as theirs was)",
     )
+    add_minutes_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--nproc",
@@ -60,6 +61,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.overrides = minutes_override(args)
     if args.nproc is not None and not distributed.launched_by_torchrun():
         return launch_training(args)
     return worker_process(args) if distributed.launched_by_md4() else train_process(args)
@@ -67,11 +69,20 @@ def run(args: argparse.Namespace) -> int:
 
 def report(result, run_dir: Path, unit: str = "token", processes: int = 1) -> int:
     """Print how training ended and return the exit code."""
-    state = f"stopped by {result.stopped_by} at" if result.stopped_by else "finished at"
+    if result.out_of_time:
+        left = result.planned_steps - result.step if result.planned_steps is not None else 0
+        state = f"stopped by the time limit at step {result.step}" + (
+            f" of the {result.planned_steps} planned (--resume goes on)" if left > 0 else ""
+        )
+    elif result.stopped_by:
+        state = f"stopped by {result.stopped_by} at step {result.step}"
+    else:
+        planned = " (the steps planned for the time limit)" if result.planned_steps is not None else ""
+        state = f"finished at step {result.step}{planned}"
     everyone = f" (all {processes} processes)" if processes > 1 else ""
     valid = "n/a" if result.valid_bits_per_token is None else f"{result.valid_bits_per_token:.4f}"
     print(
-        f"md4: {state} step {result.step}{everyone} in {result.seconds:.0f} s "
+        f"md4: {state}{everyone} in {result.seconds:.0f} s "
         f"({result.tokens_per_second:.0f} tokens/s); valid bits/{unit} {valid}; checkpoint in {run_dir}/checkpoints"
     )
     return EXIT_SIGNAL.get(result.stopped_by, 0)

@@ -35,6 +35,7 @@ from md4.training.state import TrainState
 # Keys that may change when a run is resumed; any other difference is an error.
 RESUMABLE_KEYS = {
     "steps",
+    "time_limit",
     "log_every",
     "eval_every",
     "eval_batches",

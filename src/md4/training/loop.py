@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from md4.config import ConfigError, TrainConfig
 from md4.distributed import World
 from md4.runs.metrics_log import MetricsLog
+from md4.training.budget import TimeBudget
 from md4.training.state import TrainState
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; schedulers, `docker stop`, preemptible machines
@@ -45,6 +46,8 @@ class TrainResult:
     valid_bits_per_token: float | None
     tokens_per_second: float
     seconds: float
+    out_of_time: bool = False  # train.time_limit ended training before its planned length (a checkpoint was saved)
+    planned_steps: int | None = None  # the length train.time_limit planned
 
     @property
     def interrupted(self) -> bool:
@@ -94,6 +97,8 @@ class Steps(Protocol):
     def write_samples(self) -> Path | None: ...
 
     def save(self) -> Path | None: ...
+
+    def plan_length(self, steps: int) -> None: ...
 
 
 class MetricsWindow:
@@ -166,24 +171,37 @@ def run_loop(trainer: Steps) -> TrainResult:
     start_time, start_tokens = time.time(), state.tokens_seen
     window = MetricsWindow(state.tokens_seen)
     last_valid = None
-    stopped_by = None
+    stopped_by, out_of_time = None, False
+    budget = time_budget(trainer)
     bar = progress_bar(trainer.t, state.step, trainer.progress)
     with _stop_flag(second_interrupt_aborts=not world.distributed) as flag:
         try:
             while state.step < trainer.t.steps:
-                metrics = trainer.train_step(stop=flag["signal"] is not None)
+                late = budget is not None and world.is_main and budget.exhausted()  # rank 0's clock decides
+                metrics = trainer.train_step(stop=flag["signal"] is not None or late)
                 any_rank = metrics.pop("stop") > 0  # the vote the step's all-reduce carried
                 window.add(metrics)
                 bar.update(1)
+                if budget is not None:
+                    follow_plan(trainer, budget, bar)
                 valid = after_step(trainer, window, bar)
                 if valid is not None:
                     last_valid = valid
-                if any_rank if world.distributed else flag["signal"] is not None:
-                    stopped_by = next(name for name in world.gather(flag["signal"]) if name)
+                if (
+                    any_rank if world.distributed else flag["signal"] is not None or late
+                ) and state.step < trainer.t.steps:
+                    stopped_by = next((name for name in world.gather(flag["signal"]) if name), None)
+                    out_of_time = stopped_by is None
                     break
         finally:
             bar.close()
-        if stopped_by and not world.broadcast(world.is_main and state.saved_this_step(trainer.run_dir)):
+        if out_of_time:  # the budget ends the run here: its last bound, as at the planned end
+            if state.planned_steps is None:  # spent before the plan: the run is as long as the budget allowed
+                trainer.plan_length(state.step)
+            last_valid = final_evaluation(trainer)
+        if (stopped_by or out_of_time) and not world.broadcast(
+            world.is_main and state.saved_this_step(trainer.run_dir)
+        ):
             trainer.save()
     if trainer.log is not None:
         trainer.log.plot(trainer.run_dir / "curves.png")
@@ -195,4 +213,34 @@ def run_loop(trainer: Steps) -> TrainResult:
         None if last_valid is None else last_valid["bits_per_token"],
         (state.tokens_seen - start_tokens) / max(seconds, 1e-9),
         seconds,
+        out_of_time,
+        state.planned_steps,
     )
+
+
+def time_budget(trainer: Steps) -> TimeBudget | None:
+    """The time budget of this session (``train.time_limit``), with the length an earlier session planned."""
+    t = trainer.t
+    if t.time_limit is None:
+        return None
+    return TimeBudget(
+        t.time_limit, trainer.state.step, t.steps, t.eval_every, t.eval_batches, trainer.state.planned_steps
+    )
+
+
+def follow_plan(trainer: Steps, budget: TimeBudget, bar: tqdm) -> None:
+    """Fix the run's length once the budget has measured enough steps (rank 0's plan, on every rank)."""
+    planned = budget.plan(trainer.state.step)  # not None at the same step on every rank
+    if planned is not None:
+        planned = trainer.world.broadcast(planned)
+        trainer.plan_length(planned)
+        bar.total = planned
+        bar.refresh()
+
+
+def final_evaluation(trainer: Steps) -> dict[str, Any]:
+    """The bound on the valid split at the step the budget ended training, logged."""
+    valid = trainer.evaluate("valid")
+    if trainer.log is not None:
+        trainer.log.scalars("valid", valid, trainer.state.step)
+    return valid

@@ -29,6 +29,7 @@ class TrainState:
     step: int = 0
     tokens_seen: int = 0
     seed: int = 0  # the run's train.seed: a noise generator that cannot take its saved state is seeded from it
+    planned_steps: int | None = None  # the length a time budget fixed (md4.training.budget), kept for a resume
 
     @classmethod
     def fresh(
@@ -72,6 +73,8 @@ class TrainState:
         if not world.is_main:
             return None
         tokens = {"tokens_seen": self.tokens_seen}
+        if self.planned_steps is not None:
+            tokens["planned_steps"] = self.planned_steps
         return save_checkpoint(run_dir, self.step, *states, self.rng_states(), tokens, keep=keep)
 
     def saved_this_step(self, run_dir: Path) -> bool:
@@ -91,6 +94,10 @@ class TrainState:
             ) from None
         self.step = ckpt.state["step"]
         self.tokens_seen = ckpt.state.get("tokens_seen", 0)
+        planned = ckpt.state.get("planned_steps")
+        self.planned_steps = (
+            planned if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 0 else None
+        )
 
     def restore_generators(self, ckpt: Checkpoint) -> None:
         """The generators' states of ``ckpt``; a checkpoint from before the noise had its own generator goes on

@@ -33,6 +33,7 @@ from md4.runs.metrics_log import MetricsLog
 from md4.runs.pretrained import Pretrained
 from md4.sampling import sample
 from md4.sampling.labels import class_labels
+from md4.training.budget import planned_warmup
 from md4.training.lifecycle import RESUMABLE_KEYS, RunLifecycle, check_resumable, config_differences
 from md4.training.loop import STOP_SIGNALS, TrainingDiverged, TrainResult, local_micro_batch, run_loop
 from md4.training.memory import fit_to_device
@@ -113,6 +114,8 @@ class Trainer:
                 self.lifecycle.clean()
             if resume:
                 self.lifecycle.resume(self.state, checkpoint_step, self.device)
+                if self.t.time_limit is not None and self.state.planned_steps is not None:
+                    self.plan_length(self.state.planned_steps)
             elif self.world.is_main:
                 self.lifecycle.start()
             self.parallel.seed_rank_stream(self.t.seed, self.state.step)
@@ -151,6 +154,12 @@ class Trainer:
     @property
     def tokens_seen(self) -> int:
         return self.state.tokens_seen
+
+    def plan_length(self, steps: int) -> None:
+        """Fix the run's length (the learning-rate schedule's end) at ``steps``: a time budget's plan, kept in every
+        later checkpoint so that a resume follows the same schedule."""
+        self.state.planned_steps = steps
+        self.t = replace(self.t, steps=steps, warmup_steps=planned_warmup(self.t.warmup_steps, steps))
 
     def save(self) -> Path | None:
         """Rank 0 writes a checkpoint of the step (:meth:`TrainState.save`); other ranks return None."""
