@@ -27,6 +27,7 @@ from torch import nn
 from md4.core.ar import AROptions, Autoregressive
 from md4.core.genmd4 import GenMD4, GenMD4Options
 from md4.core.md4 import MD4, MD4Options
+from md4.nn.hf_mlm import HFMaskedLM, HFMaskedLMConfig
 from md4.nn.transformer import Transformer, TransformerConfig
 from md4.nn.unet import UNet, UNetConfig
 from md4.nn.uvit import UViT, UViTConfig
@@ -71,6 +72,7 @@ NETWORKS: dict[str, Network] = {
     "transformer": Network(TransformerConfig, Transformer),
     "unet": Network(UNetConfig, UNet),
     "uvit": Network(UViTConfig, UViT),
+    "hf-mlm": Network(HFMaskedLMConfig, HFMaskedLM),
 }
 DATA_FIELDS = ("vocab_size", "num_classes", "data_shape")  # network config fields filled from the data, not [net]
 SELECTORS = ("kind", "net")  # the [model] keys that pick the registry entries
