@@ -27,8 +27,9 @@ def wordpiece_tokenizer(lines: list[str] = TEXT, vocab_size: int = 120):
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
     tokenizer.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
-    return BertTokenizerFast(tokenizer_object=tokenizer, **{f"{n}_token": f"[{n.upper()}]" for n in
-                                                             ("pad", "unk", "cls", "sep", "mask")})
+    return BertTokenizerFast(
+        tokenizer_object=tokenizer, **{f"{n}_token": f"[{n.upper()}]" for n in ("pad", "unk", "cls", "sep", "mask")}
+    )
 
 
 def save_masked_lm(folder: Path, family: str = "bert", extra_rows: int = 0, tokenizer=None) -> Path:
@@ -43,8 +44,14 @@ def save_masked_lm(folder: Path, family: str = "bert", extra_rows: int = 0, toke
     if family == "bert":
         config = BertConfig(vocab_size=size, max_position_embeddings=64, **shape, pad_token_id=ids["pad_token_id"])
     else:
-        config = ModernBertConfig(vocab_size=size, max_position_embeddings=64, **shape, **ids,
-                                  bos_token_id=ids["cls_token_id"], eos_token_id=ids["sep_token_id"])
+        config = ModernBertConfig(
+            vocab_size=size,
+            max_position_embeddings=64,
+            **shape,
+            **ids,
+            bos_token_id=ids["cls_token_id"],
+            eos_token_id=ids["sep_token_id"],
+        )
     torch.manual_seed(0)
     AutoModelForMaskedLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -75,6 +75,7 @@ NETWORKS: dict[str, Network] = {
     "hf-mlm": Network(HFMaskedLMConfig, HFMaskedLM),
 }
 DATA_FIELDS = ("vocab_size", "num_classes", "data_shape")  # network config fields filled from the data, not [net]
+PRETRAINED = "pretrained"  # a [net] key: true reads initial weights from elsewhere (hf-mlm's net.path)
 SELECTORS = ("kind", "net")  # the [model] keys that pick the registry entries
 
 
@@ -142,6 +143,14 @@ class ModelPlan:
         """The model for data described by ``spec``: kind(options, network(net config))."""
         spec = self.model_spec(spec)
         return self.kind.build(self.options, self.network.build(self.net_config(spec)), spec)
+
+    def without_initial_weights(self) -> ModelPlan:
+        """The same model with no pretrained weights read (``[net] pretrained = false``): for loading a checkpoint,
+        whose weights replace them."""
+        net = dict(self.net)
+        if PRETRAINED in net:
+            net[PRETRAINED] = False
+        return dataclasses.replace(self, net=tuple(net.items()))
 
     def parameter_count(self, spec: DataSpec) -> int:
         """The parameter count, built on the meta device (no memory, no data)."""

@@ -80,7 +80,9 @@ def read_masked_lm(path: str) -> MaskedLMFacts:
     """The facts of the masked LM at ``path`` (a folder written by ``save_pretrained``, or a hub id); ValueError in
     one sentence for anything that is not a masked LM with a tokenizer that fits it."""
     if not path:
-        raise ValueError("net.path is empty; set it to a masked LM's folder or hub id, e.g. net.path=bert-base-uncased.")
+        raise ValueError(
+            "net.path is empty; set it to a masked LM's folder or hub id, e.g. net.path=bert-base-uncased."
+        )
     return _read(os.fspath(path), _stamp(path))
 
 
@@ -127,7 +129,9 @@ class HFMaskedLMConfig:
 
     vocab_size: int
     path: str = ""  # a folder written by save_pretrained, or a hub id, of an AutoModelForMaskedLM
-    time_embedding: bool = False  # add a learned embedding of t to the input embeddings (then time-dependent)
+    # A learned embedding of t added to the input embeddings (then time-dependent). Not named time_embedding: the
+    # transformer's key of that name (a string) would carry over when a preset's net is switched to hf-mlm.
+    time_embed: bool = False
     pretrained: bool = True  # load the folder's weights; false: random weights from its config
     num_classes: int | None = None
     data_shape: tuple[int, ...] | None = None
@@ -179,7 +183,7 @@ def build_masked_lm(facts: MaskedLMFacts, path: str, pretrained: bool) -> nn.Mod
 class HFMaskedLM(nn.Module):
     """MD4 denoiser around a pretrained masked LM: ``(z_t [B, *shape], t [B]) -> logits [B, *shape, V]``."""
 
-    # Activation checkpointing through transformers' own switch (gradient_checkpointing_enable).
+    # Activation checkpointing through transformers' own switch (activation_checkpointing_enable).
     capabilities = DenoiserCapabilities(checkpointing=True)
 
     def __init__(self, config: HFMaskedLMConfig) -> None:
@@ -188,10 +192,10 @@ class HFMaskedLM(nn.Module):
         self.vocab_size = config.vocab_size
         facts = read_masked_lm(config.path)
         self.mask_token_id = facts.mask_token_id
-        self.capabilities = dataclasses.replace(type(self).capabilities, time_independent=not config.time_embedding)
+        self.capabilities = dataclasses.replace(type(self).capabilities, time_independent=not config.time_embed)
         self.mlm = build_masked_lm(facts, config.path, config.pretrained)
         width = self.mlm.get_input_embeddings().embedding_dim
-        self.time_embed = nn.Linear(TIME_FEATURES, width) if config.time_embedding else None
+        self.time_embed = nn.Linear(TIME_FEATURES, width) if config.time_embed else None
         if self.time_embed is not None:
             nn.init.zeros_(self.time_embed.weight)
             nn.init.zeros_(self.time_embed.bias)
@@ -201,14 +205,14 @@ class HFMaskedLM(nn.Module):
 
     @property
     def checkpointing(self) -> bool:
-        return self.mlm.is_gradient_checkpointing
+        return self.mlm.is_activation_checkpointing
 
     @checkpointing.setter
     def checkpointing(self, on: bool) -> None:
         if on:
-            self.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.mlm.activation_checkpointing_enable({"use_reentrant": False})
         else:
-            self.mlm.gradient_checkpointing_disable()
+            self.mlm.activation_checkpointing_disable()
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over the V real tokens at every position, the special tokens' at the dtype's minimum."""

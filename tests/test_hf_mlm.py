@@ -1,0 +1,224 @@
+"""``model.net=hf-mlm``: a masked LM saved by transformers' ``save_pretrained`` (tiny, randomly initialised BERT and
+ModernBERT folders, loaded by the code a real checkpoint goes through) as MD4's denoiser."""
+
+import shutil
+
+import pytest
+import torch
+from mlm_folders import TEXT, save_masked_lm, wordpiece_tokenizer
+from tiny_training import release
+
+from md4.config import ConfigError, apply_overrides, load_preset
+from md4.data import ArrayDataset, RawCodec
+from md4.models import DataSpec, build_model
+from md4.nn.hf_mlm import HFMaskedLM, HFMaskedLMConfig
+from md4.runs.directory import load_run
+from md4.sampling import SAMPLER_NAMES, sample
+from md4.training import Trainer
+
+LENGTH = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return wordpiece_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory, tokenizer):
+    return save_masked_lm(tmp_path_factory.mktemp("bert"), "bert", tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def modernbert(tmp_path_factory, tokenizer):
+    """A ModernBERT whose embedding table has 7 padding rows beyond the tokenizer, like the released one's."""
+    return save_masked_lm(tmp_path_factory.mktemp("modernbert"), "modernbert", extra_rows=7, tokenizer=tokenizer)
+
+
+def network(folder, tokenizer, **options) -> HFMaskedLM:
+    return HFMaskedLM(HFMaskedLMConfig(vocab_size=len(tokenizer), path=str(folder), data_shape=(LENGTH,), **options))
+
+
+def hf_config(folder, tokenizer, *overrides: str):
+    """The shakespeare-char preset with the MLM as its network, validated for token data of the tokenizer."""
+    spec = DataSpec(len(tokenizer), (LENGTH,))
+    base = ["model.net=hf-mlm", f"net.path={folder}", f"data.seq_len={LENGTH}", "train.precision=fp32"]
+    return apply_overrides(load_preset("shakespeare-char"), [*base, *overrides], spec), spec
+
+
+def token_data(tokenizer) -> ArrayDataset:
+    """The text's WordPiece ids, repeated and cut into sequences of LENGTH (train) and 8 held-out sequences."""
+    ids = [i for line in TEXT for i in tokenizer(line, add_special_tokens=False).input_ids]
+    rows = torch.tensor(ids * 20)[: (len(ids) * 20 // LENGTH) * LENGTH].view(-1, LENGTH)
+    return ArrayDataset({"train": rows[:-8], "valid": rows[-8:]}, RawCodec(len(tokenizer)))
+
+
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_the_mask_id_is_the_mlms_mask_and_the_logits_are_its_own_over_the_real_tokens(family, request, tokenizer):
+    folder = request.getfixturevalue(family)
+    net, v = network(folder, tokenizer).eval(), len(tokenizer)
+    z = torch.randint(0, v, (2, LENGTH))
+    z[:, ::3] = v
+    as_mlm = torch.where(z == v, tokenizer.mask_token_id, z)
+    with torch.no_grad():
+        logits, theirs = net(z, torch.rand(2)), net.mlm(input_ids=as_mlm).logits
+    assert logits.shape == (2, LENGTH, v) and theirs.shape[-1] == v + (7 if family == "modernbert" else 0)
+    kept = [i for i in range(v) if i not in tokenizer.all_special_ids or i == tokenizer.unk_token_id]
+    torch.testing.assert_close(logits[..., kept], theirs[..., kept], rtol=0, atol=0)
+
+
+def test_special_tokens_get_the_lowest_logit_and_unk_stays_data(bert, tokenizer):
+    logits = network(bert, tokenizer)(torch.full((1, LENGTH), len(tokenizer)), torch.ones(1))
+    lowest = torch.finfo(logits.dtype).min
+    for token in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"):
+        assert (logits[..., tokenizer.convert_tokens_to_ids(token)] == lowest).all()
+    assert (logits[..., tokenizer.unk_token_id] > lowest).all()
+
+
+def test_time_independent_unless_it_has_a_time_embedding_which_starts_as_the_mlm(bert, tokenizer):
+    plain, timed = network(bert, tokenizer).eval(), network(bert, tokenizer, time_embed=True).eval()
+    assert plain.capabilities.time_independent and not timed.capabilities.time_independent
+    z = torch.full((2, LENGTH), len(tokenizer))
+    t = torch.tensor([0.1, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(timed(z, t), plain(z, t), rtol=0, atol=0)  # zero-initialised: the MLM itself
+        torch.nn.init.normal_(timed.time_embed.weight)
+        early, late = timed(z, t).unbind(0)
+    assert not torch.allclose(early, late)
+
+
+def test_a_build_on_meta_allocates_nothing_and_has_the_real_builds_shapes(modernbert, tokenizer):
+    config, spec = hf_config(modernbert, tokenizer)
+    with torch.device("meta"):
+        meta = network(modernbert, tokenizer)
+    assert all(p.device.type == "meta" for p in meta.parameters())
+    real = build_model(config, spec)
+    shapes = {name: tuple(value.shape) for name, value in real.state_dict().items()}
+    assert config.plan().weight_shapes(spec) == shapes
+    assert {n: tuple(v.shape) for n, v in meta.state_dict().items()} == {
+        n[len("denoiser.") :]: s for n, s in shapes.items() if n.startswith("denoiser.")
+    }
+
+
+@pytest.fixture(scope="module")
+def favouring_specials(bert, tokenizer):
+    """An MD4 model around the BERT whose output bias makes the MLM itself all but always predict a special token."""
+    config, spec = hf_config(bert, tokenizer)
+    model = build_model(config, spec).eval()
+    with torch.no_grad():
+        model.denoiser.mlm.get_output_embeddings().bias[special_ids(tokenizer)] = 50.0
+    return model
+
+
+def special_ids(tokenizer) -> torch.Tensor:
+    return torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}))
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_draws_no_special_token_and_infilling_keeps_the_given_ones(
+    favouring_specials, tokenizer, sampler
+):
+    special = special_ids(tokenizer)
+    out = sample(favouring_specials, 4, steps=8, sampler=sampler, seed=0)
+    assert out.tokens.shape == (4, LENGTH) and not torch.isin(out.tokens, special).any()
+    template = torch.full((2, LENGTH), len(tokenizer))
+    template[:, :5] = torch.tensor(tokenizer("to be, or not to be", add_special_tokens=False).input_ids[:5])
+    filled = sample(favouring_specials, init=template, steps=8, sampler=sampler, seed=1).tokens
+    assert torch.equal(filled[:, :5], template[:, :5]) and not torch.isin(filled, special).any()
+
+
+def test_the_time_independent_mlm_is_called_once_per_change_of_z(favouring_specials):
+    assert sample(favouring_specials, 1, steps=64, sampler="ancestral", seed=0).nfe <= LENGTH
+
+
+@pytest.mark.parametrize("kind", ["md4", pytest.param("genmd4", marks=pytest.mark.slow)])
+def test_training_through_the_trainer_lowers_the_bound_then_samples(bert, tokenizer, tmp_path, kind):
+    config, spec = hf_config(
+        bert, tokenizer, f"model.kind={kind}", "train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=1",
+        "train.ema_decay=0", "train.eval_batches=2", "train.num_samples=1", "sample.steps=4",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    trainer = Trainer(config, build_model(config, spec), token_data(tokenizer), tmp_path / "run", progress=False)
+    try:
+        before = trainer.evaluate("valid")["bits_per_token"]  # the same seed: the same times and masks each time
+        for _ in range(25):
+            trainer.train_step()
+        after = trainer.evaluate("valid")["bits_per_token"]
+        path = trainer.write_samples()
+    finally:
+        release(trainer)
+    assert after < 0.9 * before and path.exists()
+
+
+def test_activation_checkpointing_gives_the_same_gradients(bert, tokenizer):
+    config, spec = hf_config(bert, tokenizer, "net.pretrained=false")
+    model = build_model(config, spec).eval()  # no dropout: the two passes compute the same function
+    x = token_data(tokenizer).splits["train"][:4]
+    grads = []
+    for on in (False, True):
+        model.denoiser.checkpointing = on
+        model.zero_grad()
+        loss, _ = model(x, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert model.denoiser.checkpointing and model.denoiser.mlm.is_activation_checkpointing
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(recomputed, plain)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp, tok: tmp, "is not a model: it has no transformers config.json"),
+        (lambda tmp, tok: _causal_lm(tmp), "holds a 'gpt2' model, which is not a masked LM"),
+        (lambda tmp, tok: _shrunk(tmp, tok), "the tokenizer does not belong to these weights"),
+    ],
+)
+def test_bad_folders_get_one_sentence(tmp_path, tokenizer, make, message):
+    folder = make(tmp_path, tokenizer)
+    with pytest.raises(ConfigError, match=message):
+        hf_config(folder, tokenizer)
+
+
+def test_data_of_another_vocabulary_is_refused_with_the_fix(bert, tokenizer):
+    with pytest.raises(ConfigError, match=f"set data.tokenizer=hf:{bert}"):
+        apply_overrides(load_preset("shakespeare-char"), ["model.net=hf-mlm", f"net.path={bert}"], DataSpec(65, (8,)))
+
+
+def _causal_lm(folder):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_embd=8, n_layer=1, n_head=1, vocab_size=50)).save_pretrained(folder)
+    return folder
+
+
+def _shrunk(folder, tokenizer):
+    """A BERT whose embedding table is 10 rows shorter than its tokenizer."""
+    from transformers import AutoModelForMaskedLM, BertConfig
+
+    config = BertConfig(vocab_size=len(tokenizer) - 10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
+    AutoModelForMaskedLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_run_loads_its_own_weights_without_reading_the_mlms(bert, tokenizer, tmp_path):
+    """Tied weights (BERT's output layer is its embedding table) are saved as two copies and tied again on
+    loading, which builds the MLM from its config alone: the folder's weights may be gone."""
+    folder = tmp_path / "mlm"
+    shutil.copytree(bert, folder)
+    config, spec = hf_config(folder, tokenizer, "train.batch_size=4")
+    torch.manual_seed(0)
+    trainer = Trainer(config, build_model(config, spec), token_data(tokenizer), tmp_path / "run", progress=False)
+    try:
+        trainer.train_step()
+        trainer.save()
+    finally:
+        release(trainer)
+    (folder / "model.safetensors").unlink()
+    loaded = load_run(tmp_path / "run", device="cpu")
+    mlm = loaded.model.denoiser.mlm
+    assert mlm.get_output_embeddings().weight is mlm.get_input_embeddings().weight
+    z = torch.full((1, LENGTH), len(tokenizer))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.logits(z, torch.ones(1)), trainer.ema.module.logits(z, torch.ones(1)))
