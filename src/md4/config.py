@@ -26,10 +26,12 @@ from md4 import models
 from md4.config_tables import ConfigError, DataConfig, TrainConfig
 from md4.data import (
     canonical_name,
+    canonical_tokenizer,
     is_image_recipe,
     recipe_image_shape,
     recipe_num_classes,
     recipe_vocab_size,
+    tokenizer_vocab_size,
 )
 from md4.nn.contract import capabilities_of
 from md4.notices import warn
@@ -233,16 +235,17 @@ def apply_overrides(config: Config, overrides: list[str], spec: models.DataSpec 
         _set(config, section, key, value)
     if spec is None:
         config.data.name = canonical_name(config.data.name)  # a file by its resolved path, from any directory
+        config.data.tokenizer = canonical_tokenizer(config.data.tokenizer)
     validate(config, spec)
     return config
 
 
 def data_spec_guess(config: Config) -> models.DataSpec:
-    """The data spec as far as the config alone tells it, before any data is read: the recipe's vocabulary,
-    example shape and classes where the recipe knows them; otherwise a vocabulary of 2, (seq_len,), and, for a
+    """The data spec as far as the config alone tells it, before any data is read: the vocabulary of
+    ``data.tokenizer`` or of the recipe, example shape and classes where the recipe knows them; otherwise a vocabulary of 2, (seq_len,), and, for a
     conditional model of data md4 cannot see yet, 2 classes."""
-    name, levels = config.data.name, config.data.levels
-    vocab = recipe_vocab_size(name, levels) or 2
+    name, levels, tokenizer = config.data.name, config.data.levels, config.data.tokenizer
+    vocab = tokenizer_vocab_size(tokenizer) if tokenizer else recipe_vocab_size(name, levels) or 2
     shape = recipe_image_shape(name, levels) or (config.data.seq_len,)
     classes = recipe_num_classes(name)
     unknown = recipe_vocab_size(name, levels) is None and not Path(name).exists()

@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from md4.data import DataError, check_tokenizer_spec
 from md4.device import PRECISION_CHOICES
 from md4.distributed import PARALLEL_MODES
 from md4.limits import MAX_EXAMPLE_TOKENS
@@ -21,12 +22,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Which data (a recipe name, ``hf:NAME``, ``images:PATH`` or a path), the sequence length of text, and the
-    number of levels pixels are quantised to (None: the data's own)."""
+    """Which data (a recipe name, ``hf:NAME``, ``images:PATH`` or a path), the sequence length of text, the
+    number of levels pixels are quantised to (None: the data's own), and the tokenizer of text (None: the data's
+    own; ``bpe:N`` or ``hf:NAME_OR_DIR``, :mod:`md4.data.retokenize`)."""
 
     name: str = "shakespeare"
     seq_len: int = 256
     levels: int | None = None
+    tokenizer: str | None = None
 
     def check(self, images: bool | None) -> None:
         """Refuse impossible settings, one sentence each; ``images``: whether the data are images (None: unknown,
@@ -39,6 +42,13 @@ class DataConfig:
             raise ConfigError(f"data.levels quantises images, but {self.name} is text; leave data.levels out.")
         if self.levels is not None and not 2 <= self.levels <= 256:
             raise ConfigError(f"data.levels must be in 2..256, got {self.levels}.")
+        if self.tokenizer is not None:
+            if images:
+                raise ConfigError(f"data.tokenizer encodes text, but {self.name} are images; leave data.tokenizer out.")
+            try:
+                check_tokenizer_spec(self.tokenizer)
+            except DataError as err:
+                raise ConfigError(str(err)) from None
 
 
 @dataclass

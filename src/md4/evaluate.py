@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from md4.core.kind_contract import DISCRETE, EXACT, ModelKindContract
 from md4.core.noise import BatchShard
 from md4.core.units import bits_per_token, perplexity
-from md4.data import (
-    Batch,
-    CharTokenizer,
-    ImageCodec,
-)
+from md4.data import Batch, CharTokenizer, ImageCodec, PreparedData, prepared_of
 from md4.device import autocast
 from md4.distributed import World, derived_seed
 from md4.held_out import HeldOut, held_out_batches
@@ -30,6 +26,13 @@ def unit_of(codec) -> str:
     if isinstance(codec, ImageCodec):
         return "dim"
     return "char" if isinstance(codec, CharTokenizer) else "token"
+
+
+def characters_per_token(dataset, split: str) -> float | None:
+    """The characters of text per token of a dataset's ``split``, when known
+    (:meth:`md4.data.PreparedData.characters_per_token`); None for images and data in memory."""
+    prepared = prepared_of(dataset)
+    return prepared.characters_per_token(split) if isinstance(prepared, PreparedData) else None
 
 
 def has_discrete_bound(model) -> bool:
@@ -52,6 +55,7 @@ class BoundEstimate:
     tokens_per_sequence: int
     draws: int
     num_steps: int | None  # None: continuous-time bound; T: discrete-time bound
+    characters_per_token: float | None = None  # of the text evaluated, when known (:meth:`with_characters`)
 
     @property
     def bits_per_token(self) -> float:
@@ -60,6 +64,20 @@ class BoundEstimate:
     @property
     def bits_per_token_stderr(self) -> float:
         return bits_per_token(self.stderr, self.tokens_per_sequence)
+
+    @property
+    def bits_per_char(self) -> float | None:
+        """Bits per character of text, ``bits_per_token / characters_per_token`` (the split's tokens over its
+        characters); None when the characters are unknown (images, raw tokens, GPT-2-tokenised hub data)."""
+        return None if self.characters_per_token is None else self.bits_per_token / self.characters_per_token
+
+    @property
+    def bits_per_char_stderr(self) -> float | None:
+        return None if self.characters_per_token is None else self.bits_per_token_stderr / self.characters_per_token
+
+    def with_characters(self, characters_per_token: float | None) -> BoundEstimate:
+        """This estimate for text of ``characters_per_token`` characters per token (None: unknown)."""
+        return replace(self, characters_per_token=characters_per_token)
 
     @property
     def perplexity(self) -> float:
@@ -71,6 +89,11 @@ class BoundEstimate:
             "bits_per_token": self.bits_per_token,
             "bits_per_token_stderr": self.bits_per_token_stderr,
             "perplexity": self.perplexity,
+            **(
+                {}
+                if self.bits_per_char is None
+                else {"bits_per_char": self.bits_per_char, "bits_per_char_stderr": self.bits_per_char_stderr}
+            ),
         }
 
 
@@ -250,7 +273,7 @@ def evaluate_run(
             seed=seed,
             precision=precision,
             micro_batch=micro_batch,
-        )
+        ).with_characters(held_out.characters_per_token)
         description = held_out.description
         if on_bound is not None:
             on_bound(label, estimates[name])

@@ -21,6 +21,7 @@ class HeldOut(NamedTuple):
     batches: Iterator[Batch]
     count: int
     description: str
+    characters_per_token: float | None = None  # of text, when known (bits per character)
 
 
 def held_out_batches(run, data: str | None, split: str, batch_size: int, max_batches: int | None = None) -> HeldOut:
@@ -35,14 +36,15 @@ def held_out_batches(run, data: str | None, split: str, batch_size: int, max_bat
     if data is not None and Path(data).exists() and not is_image_recipe(data):
         if not isinstance(run.codec, Tokenizer):
             raise DataError(f"This run's data has no text form, so it cannot be evaluated on the text in {data}.")
-        tokens = np.asarray(run.codec.encode(read_corpus(text_files(Path(data)), Path(data))))
+        text = read_corpus(text_files(Path(data)), Path(data))
+        tokens = np.asarray(run.codec.encode(text))
         batches = ((x, None) for x in eval_chunks(tokens, seq_len, batch_size, max_chunks))
         count = _batch_count(len(tokens) // seq_len, batch_size, max_chunks)
-        return HeldOut(batches, count, f"{data} (all {len(tokens)} tokens)")
+        return HeldOut(batches, count, f"{data} (all {len(tokens)} tokens)", len(text) / max(len(tokens), 1))
     if data is None:
         prepared = cached_run_data(run.source, run.run_dir)
     else:
-        prepared = prepare(data, seq_len=seq_len, levels=run.config.data.levels)
+        prepared = prepare(data, seq_len=seq_len, levels=run.config.data.levels, tokenizer=run.config.data.tokenizer)
     dataset = dataset_of(prepared, seq_len)
     if dataset.codec.to_dict() != run.codec.to_dict():
         raise DataError(
@@ -54,7 +56,15 @@ def held_out_batches(run, data: str | None, split: str, batch_size: int, max_bat
     prepared.verify(split)
     rows = len(prepared.splits[split]) // (1 if isinstance(prepared, PreparedImages) else seq_len)
     count = _batch_count(rows, batch_size, max_chunks)
-    return HeldOut(dataset.eval_batches(split, batch_size, max_batches), count, f"{prepared.name} [{split} split]")
+    characters = None if isinstance(prepared, PreparedImages) else prepared.characters_per_token(split)
+    batches = dataset.eval_batches(split, batch_size, max_batches)
+    return HeldOut(batches, count, f"{prepared.name}{_tokenizer_note(prepared)} [{split} split]", characters)
+
+
+def _tokenizer_note(prepared) -> str:
+    """`` (bpe:N)`` for text encoded again with ``data.tokenizer``; empty otherwise."""
+    spec = None if isinstance(prepared, PreparedImages) else prepared.meta.get("tokenizer")
+    return f" ({spec})" if spec else ""
 
 
 def _batch_count(rows: int, batch_size: int, max_rows: int | None) -> int:

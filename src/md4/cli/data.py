@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from md4.cli.banner import class_counts
-from md4.data import dataset_of, prepare, recipe_descriptions
+from md4.data import canonical_tokenizer, dataset_of, prepare, recipe_descriptions
 
 
 def add_parser(subparsers) -> None:
@@ -19,6 +19,9 @@ def add_parser(subparsers) -> None:
         "name", help="a recipe name, hf:NAME[:CONFIG], images:PATH[:HxW], a text file/folder, or a folder of images"
     )
     prep.add_argument("--levels", type=int, help="images: quantise each sub-pixel to this many levels")
+    prep.add_argument(
+        "--tokenizer", help="text: encode it again with bpe:N (a BPE trained on its train split) or hf:NAME_OR_DIR"
+    )
     p.set_defaults(func=run)
 
 
@@ -27,13 +30,14 @@ def run(args: argparse.Namespace) -> int:
         for name, text in recipe_descriptions().items():
             print(f"{name:20s} {text}")
         return 0
-    prepared = prepare(args.name, levels=args.levels)
+    prepared = prepare(args.name, levels=args.levels, tokenizer=canonical_tokenizer(args.tokenizer))
     dataset = dataset_of(prepared, seq_len=1)
     unit = "tokens" if dataset.data_shape == (1,) else f"examples of {'x'.join(map(str, dataset.data_shape))}"
     sizes = ", ".join(f"{k} {len(v):,}" for k, v in prepared.splits.items())
     classes = f"; {dataset.num_classes} classes" if dataset.num_classes else ""
     counts = class_counts(dataset)
-    print(f"{prepared.name}: vocabulary {dataset.vocab_size}{classes}; {unit}: {sizes}")
+    tokenizer = f" ({args.tokenizer})" if args.tokenizer else ""
+    print(f"{prepared.name}{tokenizer}: vocabulary {dataset.vocab_size}{classes}; {unit}: {sizes}")
     if counts:
         print(f"images per class: {counts}")
     return 0

@@ -107,15 +107,18 @@ def bounds(args: argparse.Namespace, loaded, weights: str) -> dict:
         return batch_progress(held_out.batches, held_out.count, f"{label} bound", args.no_progress)
 
     def show(label: str, est: BoundEstimate) -> None:
+        bits = f"{est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/{unit}"
+        if unit == "token" and est.bits_per_char is not None:  # text of several characters per token
+            bits += f" = {est.bits_per_char:.4f} ± {est.bits_per_char_stderr:.4f} bits/char"
         if label == EXACT and not args.json:
             print(
-                f"NLL (exact): {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/{unit}, "
+                f"NLL (exact): {bits}, "
                 f"perplexity = {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "
                 "exact: no Monte-Carlo draws, not a bound)"
             )
         elif not args.json:
             print(
-                f"{label} bound: {est.bits_per_token:.4f} ± {est.bits_per_token_stderr:.4f} bits/{unit}, "
+                f"{label} bound: {bits}, "
                 f"perplexity <= {est.perplexity:.3f} ({est.num_sequences} sequences of {est.tokens_per_sequence}, "
                 f"{est.draws} draws each, seed {args.seed})"
             )

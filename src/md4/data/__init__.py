@@ -4,6 +4,7 @@ batch them."""
 from md4.data.batches import ArrayDataset, Batch, Dataset, TokenStream, eval_chunks, prepared_of, random_windows
 from md4.data.cache import DataError, cache_dir, token_dtype
 from md4.data.codec import Codec, RawCodec, codec_from_dict
+from md4.data.hf_tokenizer import TokenizersCodec
 from md4.data.images import ImageCodec, ImageDataset, PreparedImages
 from md4.data.recipes import (
     available_recipes,
@@ -18,6 +19,7 @@ from md4.data.recipes import (
     recipe_num_classes,
     recipe_vocab_size,
 )
+from md4.data.retokenize import canonical_tokenizer, check_tokenizer_spec, tokenizer_vocab_size
 from md4.data.store import PreparedData
 from md4.data.tokenizers import CharTokenizer, GPT2Tokenizer, Text8Tokenizer, Tokenizer
 from md4.data.wikifil import wikifil
@@ -38,9 +40,12 @@ __all__ = [
     "Text8Tokenizer",
     "TokenStream",
     "Tokenizer",
+    "TokenizersCodec",
     "available_recipes",
     "cache_dir",
     "canonical_name",
+    "canonical_tokenizer",
+    "check_tokenizer_spec",
     "codec_from_dict",
     "dataset_of",
     "eval_chunks",
@@ -55,5 +60,6 @@ __all__ = [
     "recipe_num_classes",
     "recipe_vocab_size",
     "token_dtype",
+    "tokenizer_vocab_size",
     "wikifil",
 ]

@@ -20,6 +20,7 @@ from md4.data.batches import Dataset, TokenStream
 from md4.data.cache import DataError, cache_lock, no_space_error, source_stamp
 from md4.data.cache import cache_dir as default_cache_dir
 from md4.data.images import ImageDataset, PreparedImages, RawImages, check_levels, load_images, save_images
+from md4.data.retokenize import derived_entry
 from md4.data.store import Built, PreparedData, load_prepared, save_prepared
 from md4.data.tokenizers import GPT2Tokenizer
 from md4.files import remove_temporaries
@@ -342,20 +343,32 @@ def prepare(
     cache_dir: str | os.PathLike[str] | None = None,
     seq_len: int | None = None,
     levels: int | None = None,
+    tokenizer: str | None = None,
 ) -> PreparedData | PreparedImages:
     """Tokenise and split a dataset once, then memory-map the cached arrays on every later call.
 
     A local path may be relative, absolute or start with ``~``: all give the same cache entry.
     ``seq_len``, when given, checks that every split of a text corpus holds at least one window of that length
     (images ignore it). ``levels`` quantises an image set to that many levels per sub-pixel, ``floor(p * levels
-    / native)``; None keeps its native levels, and text takes none.
+    / native)``; None keeps its native levels, and text takes none. ``tokenizer`` (``bpe:N`` or ``hf:NAME_OR_DIR``)
+    encodes the prepared text again with another tokenizer, as its own entry (:mod:`md4.data.retokenize`).
 
     One process at a time writes an entry (the others wait, then read it); files left by a process that was
     killed while writing are removed, and an entry whose preparation failed is removed whole. The cached files
     of local sources have no more permission bits than the sources themselves.
     """
     cache = default_cache_dir(cache_dir)
-    recipe = resolve(name_or_path, cache, levels)
+    data = _cached(resolve(name_or_path, cache, levels), cache)
+    if tokenizer is not None:
+        key, build = derived_entry(data, tokenizer)
+        data = _cached(Recipe(data.name, key, build, (cache / data.key / "meta.json",)), cache)
+    if seq_len is not None and isinstance(data, PreparedData):
+        _check_seq_len(data, seq_len)
+    return data
+
+
+def _cached(recipe: Recipe | ImageRecipe, cache: Path) -> PreparedData | PreparedImages:
+    """The entry of ``recipe`` in ``cache``, built first (under its lock) when it is not there."""
     root = cache / recipe.key
     data = _load_entry(recipe, root, warn=False)
     if data is None:
@@ -365,8 +378,6 @@ def prepare(
         with cache_lock(cache, recipe.key, wait=False) as alone:
             if alone:
                 remove_temporaries(root)
-    if seq_len is not None and isinstance(data, PreparedData):
-        _check_seq_len(data, seq_len)
     return data
 
 
@@ -429,6 +440,7 @@ def open_dataset(
     seq_len: int | None = None,
     levels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    tokenizer: str | None = None,
 ) -> Dataset:
-    """Prepare a dataset and wrap it for training (see :func:`dataset_of`)."""
-    return dataset_of(prepare(name, cache_dir=cache_dir, seq_len=seq_len, levels=levels), seq_len)
+    """Prepare a dataset (with ``tokenizer``, see :func:`prepare`) and wrap it for training (:func:`dataset_of`)."""
+    return dataset_of(prepare(name, cache_dir=cache_dir, seq_len=seq_len, levels=levels, tokenizer=tokenizer), seq_len)

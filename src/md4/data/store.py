@@ -20,7 +20,7 @@ import numpy as np
 from md4 import notices
 from md4.data.cache import DataError, check_digest, content_digest, token_dtype
 from md4.data.codec import codec_from_dict
-from md4.data.tokenizers import Tokenizer
+from md4.data.tokenizers import CharTokenizer, Tokenizer
 from md4.files import atomic_output, write_atomic
 
 if TYPE_CHECKING:
@@ -44,6 +44,15 @@ class PreparedData:
     key: str
     fingerprint: str
     digests: dict[str, str]  # split -> SHA-256 hex digest of its file
+
+    def characters_per_token(self, split: str) -> float | None:
+        """The characters of text per token of ``split``: 1 for one token per character, from
+        ``meta["split_characters"]`` for text encoded again with another tokenizer (:mod:`md4.data.retokenize`),
+        None when unknown (GPT-2-tokenised hub data)."""
+        characters = self.meta.get("split_characters", {})
+        if split in characters:
+            return characters[split] / len(self.splits[split])
+        return 1.0 if isinstance(self.tokenizer, CharTokenizer) else None
 
     def verify(self, split: str) -> None:
         """Refuse ``split`` if its file no longer holds what was prepared (:func:`check_digest`)."""

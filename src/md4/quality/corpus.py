@@ -15,7 +15,7 @@ def run_corpus(loaded: LoadedRun, data: str | None = None) -> PreparedData:
     prepared = (
         cached_run_data(loaded.source, loaded.run_dir)
         if data is None
-        else prepare(data, seq_len=loaded.config.data.seq_len)
+        else prepare(data, seq_len=loaded.config.data.seq_len, tokenizer=loaded.config.data.tokenizer)
     )
     if not isinstance(prepared, PreparedData):
         raise DataError(f"{prepared.name} is an image set, and generative perplexity measures text samples.")

@@ -26,7 +26,7 @@ from md4.config import Config
 from md4.core.tokens import ranges_checked
 from md4.device import autocast, resolve_precision, use_tf32
 from md4.distributed import World
-from md4.evaluate import estimate_nelbo
+from md4.evaluate import characters_per_token, estimate_nelbo
 from md4.models import DataSpec, build_model
 from md4.runs.checkpoints import list_checkpoints
 from md4.runs.metrics_log import MetricsLog
@@ -207,10 +207,10 @@ class Trainer:
         return {**sums, "lr": lr, "grad_norm": grad_norm, "stop": float(any_stop > 0)}
 
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, Any]:
-        """The EMA model's bound on ``split`` in micro-batches of the training micro-batch's rows, in fp32 whatever
-        the training precision, as ``md4 eval`` computes it; the ranks share the batches and agree on the result
-        (with a sharded model in lockstep, as each forward pass gathers weights from all; a bf16 run's sharded
-        blocks are gathered in bf16, so its result says ``precision: bf16-weights``)."""
+        """The EMA model's bound on ``split`` (also per character, for text) in micro-batches of the training
+        micro-batch's rows, in fp32 whatever the training precision, as ``md4 eval`` computes it; the ranks share the
+        batches and agree on the result (with a sharded model in lockstep, as each forward pass gathers weights from
+        all; a bf16 run's sharded blocks are gathered in bf16, so its result says ``precision: bf16-weights``)."""
         batches = self.data.eval_batches(split, self.t.batch_size, max_batches or self.t.eval_batches)
         with distributed.gathered(self.ema.module) as model:
             estimate = estimate_nelbo(
@@ -222,6 +222,7 @@ class Trainer:
                 micro_batch=self.micro_batch,
                 lockstep=self.sharded,
             )
+        estimate = estimate.with_characters(characters_per_token(self.data, split))
         gathered_bf16 = self.sharded and self.t.precision == "bf16"
         return {**estimate.to_dict(), "precision": "bf16-weights" if gathered_bf16 else "fp32"}
 
@@ -276,7 +277,9 @@ def build_trainer(
     data = training_data(config, run_dir, resume, checkpoint_step, world.size, dataset) if world.is_main else None
     world.barrier()
     if data is None:
-        data = dataset or open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
+        data = dataset or open_dataset(
+            config.data.name, config.data.seq_len, config.data.levels, tokenizer=config.data.tokenizer
+        )
     torch.manual_seed(config.train.seed)
     model = build_model(config, DataSpec.of(data))
     if not resume:  # a resumed run keeps the grad_accum its config records
@@ -303,7 +306,9 @@ def training_data(
     local_micro_batch(config.train.batch_size, config.train.grad_accum, processes)
     if resume:
         check_resumable(config, Path(run_dir), checkpoint_step)
-    data = dataset or open_dataset(config.data.name, seq_len=config.data.seq_len, levels=config.data.levels)
+    data = dataset or open_dataset(
+        config.data.name, config.data.seq_len, config.data.levels, tokenizer=config.data.tokenizer
+    )
     prepared = prepared_of(data)  # None for in-memory data
     if prepared is not None:
         for split in ("train", "valid"):  # a split changed on disk since it was prepared is refused
