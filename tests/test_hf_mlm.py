@@ -1,10 +1,12 @@
 """``model.net=hf-mlm``: a masked LM saved by transformers' ``save_pretrained`` (tiny, randomly initialised BERT and
 ModernBERT folders, loaded by the code a real checkpoint goes through) as MD4's denoiser."""
 
+import json
 import shutil
 
 import pytest
 import torch
+from cli_runs import cli
 from mlm_folders import TEXT, save_masked_lm, wordpiece_tokenizer
 from tiny_training import release
 
@@ -17,6 +19,9 @@ from md4.sampling import SAMPLER_NAMES, sample
 from md4.training import Trainer
 
 LENGTH = 16
+TINY_RUN = [f"data.seq_len={LENGTH}", "train.batch_size=4", "train.precision=fp32", "train.warmup_steps=1",
+            "train.log_every=1", "train.eval_every=100", "train.eval_batches=1", "train.sample_every=100",
+            "train.checkpoint_every=100", "sample.steps=4"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +227,27 @@ def test_a_saved_run_loads_its_own_weights_without_reading_the_mlms(bert, tokeni
     z = torch.full((1, LENGTH), len(tokenizer))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.logits(z, torch.ones(1)), trainer.ema.module.logits(z, torch.ones(1)))
+
+
+def test_the_cli_bounds_the_mlm_zero_shot_fine_tunes_it_and_infills(
+    bert, tmp_path, capsys, monkeypatch, shakespeare_cache
+):
+    """``train.steps=0`` saves the pretrained weights as the run's checkpoint: ``md4 eval`` then gives the MLM's
+    zero-shot bound; the run's codec is the MLM's tokenizer (data.tokenizer defaults to hf:net.path)."""
+    monkeypatch.setenv("MD4_CACHE_DIR", str(shakespeare_cache))
+    common = ["model.net=hf-mlm", f"net.path={bert}", *TINY_RUN]
+    bounds = {}
+    for name, steps in (("zero-shot", 0), ("tuned", 4)):
+        code, _, err = cli(
+            capsys, "train", "--data", "shakespeare", "--out", tmp_path / name, f"train.steps={steps}", *common
+        )
+        assert code == 0, err
+        code, out, err = cli(capsys, "eval", tmp_path / name, "--max-batches", "1", "--json")
+        assert code == 0, err
+        bounds[name] = json.loads(out)
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["data"]["tokenizer"] == f"hf:{bert}"
+    code, out, err = cli(
+        capsys, "sample", tmp_path / "tuned", "--infill", "to be, or ___ to be", "--num", "2", "--steps", "4"
+    )
+    assert code == 0, err
+    assert out.count("to be, or") == 2 and "[MASK]" not in out and "[CLS]" not in out

@@ -168,6 +168,8 @@ def run_loop(trainer: Steps) -> TrainResult:
     last_valid = None
     stopped_by = None
     bar = progress_bar(trainer.t, state.step, trainer.progress)
+    if trainer.t.steps == state.step == 0:  # nothing to train: the initial (pretrained) weights are the checkpoint
+        trainer.save()
     with _stop_flag(second_interrupt_aborts=not world.distributed) as flag:
         try:
             while state.step < trainer.t.steps:
