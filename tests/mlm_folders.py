@@ -32,14 +32,14 @@ def wordpiece_tokenizer(lines: list[str] = TEXT, vocab_size: int = 120):
     )
 
 
-def save_masked_lm(folder: Path, family: str = "bert", extra_rows: int = 0, tokenizer=None) -> Path:
+def save_masked_lm(folder: Path, family: str = "bert", extra_rows: int = 0, tokenizer=None, **options) -> Path:
     """A tiny randomly initialised masked LM of ``family`` ("bert" or "modernbert") with ``extra_rows`` padding rows
-    in its embedding table, and its tokenizer, saved to ``folder``."""
+    in its embedding table (and any other config ``options``), and its tokenizer, saved to ``folder``."""
     from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
 
     tokenizer = tokenizer or wordpiece_tokenizer()
     ids = {f"{n}_token_id": tokenizer.convert_tokens_to_ids(f"[{n.upper()}]") for n in ("pad", "cls", "sep")}
-    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, **options}
     size = len(tokenizer) + extra_rows
     if family == "bert":
         config = BertConfig(vocab_size=size, max_position_embeddings=64, **shape, pad_token_id=ids["pad_token_id"])

@@ -3,11 +3,13 @@ ModernBERT folders, loaded by the code a real checkpoint goes through) as MD4's 
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
 from cli_runs import cli
 from mlm_folders import TEXT, save_masked_lm, wordpiece_tokenizer
+from test_distributed import assert_same_parameters, run
 from tiny_training import release
 
 from md4.config import ConfigError, apply_overrides, load_preset
@@ -251,3 +253,20 @@ def test_the_cli_bounds_the_mlm_zero_shot_fine_tunes_it_and_infills(
     )
     assert code == 0, err
     assert out.count("to be, or") == 2 and "[MASK]" not in out and "[CLS]" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_fine_tune_the_mlm_as_one_does(corpus, tmp_path, tokenizer, parallel):
+    """``--nproc 2`` (gloo) replicates or shards (FSDP2: each of the MLM's layers is a unit) the MLM and reaches the
+    one-process parameters (no dropout, so the ranks' own random streams do not matter)."""
+    folder = save_masked_lm(
+        tmp_path / "mlm", tokenizer=tokenizer, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    command = [sys.executable, "-m", "md4", "train", "--data", corpus, "--no-progress"]
+    overrides = ["model.net=hf-mlm", f"net.path={folder}", "train.steps=3", *TINY_RUN]
+    two = run([*command, "--nproc", "2", "--out", tmp_path / "two", *overrides, f"train.parallel={parallel}"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run([*command, "--out", tmp_path / "one", *overrides])
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert_same_parameters(tmp_path / "one", tmp_path / "two")
