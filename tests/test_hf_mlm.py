@@ -270,3 +270,12 @@ def test_two_processes_fine_tune_the_mlm_as_one_does(corpus, tmp_path, tokenizer
     one = run([*command, "--out", tmp_path / "one", *overrides])
     assert one.returncode == 0, one.stderr[-3000:]
     assert_same_parameters(tmp_path / "one", tmp_path / "two")
+
+
+def test_a_folder_without_weights_is_refused_when_they_are_wanted(bert, tokenizer, tmp_path):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bert / name, tmp_path / name)
+    config, spec = hf_config(tmp_path, tokenizer)  # the check on the meta device reads no weights
+    with pytest.raises(ValueError, match="has no weights to load; set net.pretrained=false"):
+        build_model(config, spec)
+    assert build_model(hf_config(tmp_path, tokenizer, "net.pretrained=false")[0], spec) is not None
