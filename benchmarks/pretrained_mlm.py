@@ -1,6 +1,6 @@
 """How good a diffusion model is a pretrained masked LM, before and after fine-tuning with MD4's objective?
 
-Usage: python benchmarks/pretrained_mlm.py [--out /tmp/mlmruns] [--pretrain-minutes 4] [--steps 300]
+Usage: python benchmarks/pretrained_mlm.py [--out /tmp/mlmruns] [--pretrain-minutes 4] [--steps 300] [--lr 1e-3]
 
 No pretrained checkpoint is reachable offline, so this makes one: a byte-level BPE of ``--vocab`` tokens (with
 BERT's special tokens) trained on the shakespeare train split, and a small BERT (``--layers`` x ``--width``)
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/mlmruns"))
     parser.add_argument("--pretrain-minutes", type=float, default=4.0)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the MD4 fine-tuning")
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
@@ -128,8 +129,8 @@ def main() -> None:
         pretrain(folder, args)
     common = [
         "model.net=hf-mlm", f"net.path={folder}", f"data.seq_len={args.seq_len}", "train.precision=fp32",
-        "train.batch_size=32", "train.lr=3e-4", "train.warmup_steps=50", "train.ema_decay=0.99", "train.eval_every=100000",
-        "train.sample_every=100000", f"train.checkpoint_every={max(args.steps, 1)}",
+        "train.batch_size=32", f"train.lr={args.lr}", "train.warmup_steps=50", "train.ema_decay=0.99",
+        "train.eval_every=100000", "train.sample_every=100000", f"train.checkpoint_every={max(args.steps, 1)}",
     ]  # fmt: skip
     arms = {
         "pretrained BERT, zero-shot": ["train.steps=0"],
