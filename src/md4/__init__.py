@@ -2,7 +2,8 @@
 
 The public API: masking schedules (modules owned by the model), the :class:`MD4` and :class:`GenMD4` objectives
 around any denoiser, the :class:`Autoregressive` baseline, the samplers (:func:`sample`, one :data:`SAMPLERS` entry each), text generation with prompts and
-infilling (:func:`generate`), the bidirectional :class:`Transformer` denoiser, and the registries that build
+infilling (:func:`generate`), models shared as folders or on the Hugging Face Hub (:func:`from_pretrained`,
+:func:`export_run`, :class:`Pipeline`), the bidirectional :class:`Transformer` denoiser, and the registries that build
 a model from a config (:func:`build_model`, :data:`MODEL_KINDS`, :data:`NETWORKS`).
 """
 
@@ -21,9 +22,11 @@ from md4.core.schedules import (
 )
 from md4.core.token_schedule import TokenPolynomialSchedule
 from md4.core.units import bits_per_token, perplexity
+from md4.generation.pipeline import Pipeline
 from md4.generation.text import Generation, generate, infill_template
 from md4.models import MODEL_KINDS, NETWORKS, DataSpec, build_model, count_parameters
 from md4.nn.transformer import Transformer, TransformerConfig
+from md4.runs.pretrained import export_run, from_pretrained
 from md4.sampling import (
     DEFAULT_STEPS,
     SAMPLER_NAMES,
@@ -57,6 +60,7 @@ __all__ = [
     "LinearSchedule",
     "MD4Options",
     "MaskingSchedule",
+    "Pipeline",
     "PolynomialSchedule",
     "SampleOutput",
     "TokenPolynomialSchedule",
@@ -67,6 +71,8 @@ __all__ = [
     "build_model",
     "categorical",
     "count_parameters",
+    "export_run",
+    "from_pretrained",
     "generate",
     "get_schedule",
     "infill_template",

@@ -351,6 +351,15 @@ def preset_note(preset: str, data: str | None) -> str:
     return f"the data are images, so md4 uses the {IMAGE_PRESET} preset's small UNet; --preset chooses another"
 
 
+def init_config(trained: Config, overrides: list[str], data: str | None = None) -> Config:
+    """The config of a run that fine-tunes trained weights (``md4 train --init``): theirs, on ``data`` when
+    given, with the overrides, validated whole."""
+    config = Config.from_dict(trained.to_dict())
+    if data is not None:
+        config.data.name = data
+    return apply_overrides(config, overrides)
+
+
 def build_config(preset: str | None, overrides: list[str], data: str | None = None) -> Config:
     """A preset (None: :func:`default_preset` for ``data``) with ``data`` and overrides, validated whole.
 

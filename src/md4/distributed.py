@@ -24,19 +24,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a silent rank before it fails with an error
 PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel: replicate the model on every rank, or shard it (FSDP2)
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 COMPILER_PREFIX = "_orig_mod"  # the name torch.compile's wrapper gives the module it compiles
 
 
@@ -160,6 +150,8 @@ def shard(model: nn.Module, param_dtype: torch.dtype | None = None) -> None:
     stays fp32, and the root's own parameters (embeddings, output layer, a learned schedule) stay fp32: autocast
     then computes as it does in one process, up to the rounding of the blocks' norm weights and biases.
     """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # seconds to import: only for FSDP2
+
     policy = MixedPrecisionPolicy()
     if param_dtype is not None:
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
@@ -171,7 +163,18 @@ def shard(model: nn.Module, param_dtype: torch.dtype | None = None) -> None:
     fully_shard(model)
 
 
+def full_on_cpu():
+    """Options of torch's distributed state dicts: whole tensors, gathered on the CPU."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict.StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
 def is_sharded(model: nn.Module) -> bool:
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing was sharded in this process
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
     return isinstance(model, FSDPModule)
 
 
@@ -195,6 +198,10 @@ class gathered:
 def full_norm(norm: torch.Tensor) -> torch.Tensor:
     """A gradient norm as a plain tensor (still on the device), whether it is one or a DTensor of sharded
     gradients."""
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor was made in this process
+        return norm
+    from torch.distributed.tensor import DTensor
+
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
@@ -202,14 +209,18 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole state dict with :func:`canonical_name` names (on the CPU on rank 0 when sharded: every rank must
     call it)."""
     if is_sharded(model):
-        return get_model_state_dict(model, options=FULL)
+        from torch.distributed.checkpoint import state_dict  # seconds to import: only where FSDP2 runs
+
+        return state_dict.get_model_state_dict(model, options=full_on_cpu())
     return {canonical_name(name): value for name, value in model.state_dict().items()}
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a whole state dict of :func:`canonical_name` names, sharding it if ``model`` is sharded."""
     if is_sharded(model):
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        from torch.distributed.checkpoint import state_dict
+
+        state_dict.set_model_state_dict(model, state, options=state_dict.StateDictOptions(full_state_dict=True))
     else:
         own = {canonical_name(name): name for name in model.state_dict()}
         model.load_state_dict({own.get(name, name): value for name, value in state.items()})
@@ -220,7 +231,9 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     so a checkpoint loads the same way on any number of processes."""
     if not is_sharded(model):
         return optimizer.state_dict()
-    by_name = get_optimizer_state_dict(model, optimizer, options=FULL)
+    from torch.distributed.checkpoint import state_dict
+
+    by_name = state_dict.get_optimizer_state_dict(model, optimizer, options=full_on_cpu())
     names = parameter_names(model, optimizer)
     index = {name: i for i, name in enumerate(names)}
     groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name.get("param_groups", [])]
@@ -236,7 +249,10 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
         "state": {names[i]: v for i, v in state["state"].items()},
         "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
     }
-    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    from torch.distributed.checkpoint import state_dict
+
+    options = state_dict.StateDictOptions(full_state_dict=True)
+    state_dict.set_optimizer_state_dict(model, optimizer, by_name, options=options)
 
 
 def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

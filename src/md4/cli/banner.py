@@ -13,8 +13,10 @@ def describe(trainer, resume: bool, note: str = "") -> str:
     article = "an" if model["kind"] == "ar" else "a"  # "an ar model"; the other kinds read as before
     classes = class_counts(trainer.data)
     precision = trainer.t.precision + (" (train.precision=auto)" if trainer.config.train.precision == "auto" else "")
+    tokenizer = trainer.config.data.tokenizer
+    data = trainer.config.data.name + (f" in {tokenizer} tokens" if tokenizer else "")
     return (
-        f"md4: {start} {article} {model['kind']} model ({model['net']}, {params:,} parameters) on {trainer.config.data.name}"
+        f"md4: {start} {article} {model['kind']} model ({model['net']}, {params:,} parameters) on {data}"
         f"{f' ({classes})' if classes else ''} in {precision} into {trainer.run_dir}{f'; {note}' if note else ''}"
     )
 

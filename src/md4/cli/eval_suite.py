@@ -59,10 +59,10 @@ def attempt(skipped: dict[str, str], name: str, measure: Callable[..., Any], *ar
         return None
 
 
-def finish(args: argparse.Namespace, results: dict[str, Any], skipped: dict[str, str]) -> None:
-    """Write the report into the run and print where (and the markdown unless ``--json``)."""
+def finish(args: argparse.Namespace, loaded, results: dict[str, Any], skipped: dict[str, str]) -> None:
+    """Write the report into the run (or exported folder) and print where (and the markdown unless ``--json``)."""
     if skipped:
         results["not_measured"] = skipped
-    json_path, markdown_path = write_report(args.run, results)
+    json_path, markdown_path = write_report(loaded.output_dir(), results)
     if not args.json:
         print(f"\n{markdown(results)}\nmd4 eval: wrote {json_path} and {markdown_path}")

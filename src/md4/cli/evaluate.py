@@ -12,7 +12,7 @@ from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
 from md4.evaluate import DEFAULT_BOUND_STEPS, BoundEstimate, evaluate_run, unit_of
 from md4.held_out import HeldOut
-from md4.runs.directory import load_run
+from md4.runs.pretrained import from_pretrained
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
         description="NELBO bounds (continuous time and discrete T) in bits/token and perplexity; for an "
         "autoregressive run (model.kind=ar), its exact negative log-likelihood.",
     )
-    p.add_argument("run", help="run directory written by md4 train")
+    p.add_argument("run", help="run directory written by md4 train, a folder written by md4 export, or hf:REPO_ID")
     p.add_argument("--split", default="test", help="test or valid split of the run's dataset (default: %(default)s)")
     p.add_argument(
         "--data", help="another dataset: a recipe name or any text file (encoded with the model's tokenizer)"
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "micro_batch", "steps", "max_batches", "draws"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
     eval_fid.check(args)
-    loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
+    loaded = from_pretrained(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     use_tf32(next(loaded.model.parameters()).device, not args.no_tf32)
     weights = "raw" if args.no_ema else "EMA"
     results = {"run": str(args.run), "step": loaded.step, "weights": weights}
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             if value is not None:
                 results[key] = value
     if args.suite:
-        eval_suite.finish(args, results, skipped)
+        eval_suite.finish(args, loaded, results, skipped)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

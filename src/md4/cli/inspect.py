@@ -8,7 +8,7 @@ from pathlib import Path
 
 from md4.cli.options import check_output_file
 from md4.generation.schedule_plot import plot_schedule, ranked_exponents
-from md4.runs.directory import load_run
+from md4.runs.pretrained import from_pretrained
 
 
 def add_parser(subparsers) -> None:
@@ -27,8 +27,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(Path(args.out), "--out", "schedule.png")
-    loaded = load_run(args.run, device="cpu", use_ema=not args.no_ema, step=args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.run) / "schedule.png"
+    loaded = from_pretrained(args.run, device="cpu", use_ema=not args.no_ema, step=args.checkpoint)
+    out = Path(args.out) if args.out else loaded.output_dir() / "schedule.png"
     plot_schedule(loaded.model, loaded.codec, out, title=f"{args.run}, step {loaded.step}")
     ranked = ranked_exponents(loaded.model, loaded.codec)
     low = ", ".join(f"{label} {w:.2f}" for w, label in ranked[:5])

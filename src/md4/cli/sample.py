@@ -18,7 +18,8 @@ from md4.device import PRECISION_CHOICES, resolve_precision, use_tf32
 from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
 from md4.generation.pictures import save_pictures
 from md4.generation.text import generate
-from md4.runs.directory import LoadedRun, load_run
+from md4.runs.directory import LoadedRun
+from md4.runs.pretrained import from_pretrained
 from md4.sampling import (
     CATEGORICAL,
     DEFAULT_CATEGORICAL,
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "sample", help="draw samples from a trained run", description="Sample from a run's EMA weights."
     )
-    p.add_argument("run", help="run directory written by md4 train")
+    p.add_argument("run", help="run directory written by md4 train, a folder written by md4 export, or hf:REPO_ID")
     p.add_argument("--num", type=int, default=4, help="number of samples (default: %(default)s)")
     p.add_argument("--steps", type=int, help=f"reverse steps T (default: {RUN_DEFAULT}, else {DEFAULT_STEPS})")
     p.add_argument(
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     check_guidance(args.guidance)
     if args.out:
         check_output_file(Path(args.out), "--out", "sample.png")
-    loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
+    loaded = from_pretrained(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     device = next(loaded.model.parameters()).device
     use_tf32(device, not args.no_tf32)
     if args.compile:  # every step calls the network on z of one shape: one graph
@@ -225,7 +226,7 @@ def sample_images(args: argparse.Namespace, loaded: LoadedRun, options: dict) ->
         drawn = sample_grid(
             model, codec, args.num, per_class=args.per_class, strip=args.strip, seed=args.seed, **options
         )
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / "sample.png"
+    out = Path(args.out) if args.out else loaded.output_dir() / "samples" / "sample.png"
     written = save_pictures(out, drawn.picture, drawn.strip, args.scale)
     print(codec.decode(drawn.output.tokens[0].cpu()))
     for path in written:

@@ -11,9 +11,10 @@ from md4 import distributed
 from md4.cli.banner import describe
 from md4.cli.exit_codes import EXIT_SIGNAL, exit_code_of
 from md4.cli.options import positive
-from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, default_preset, preset_note
+from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, default_preset, init_config, preset_note
 from md4.evaluate import unit_of
 from md4.runs.directory import check_run_dir_free, own_dataset, resume_config
+from md4.runs.pretrained import read_pretrained
 from md4.training.trainer import build_trainer, training_data
 
 
@@ -35,6 +36,12 @@ def add_parser(subparsers) -> None:
         type=int,
         metavar="STEP",
         help="with --resume: continue from this step's checkpoint (newer ones are moved aside, not deleted)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from trained weights and fine-tune them: a folder of md4 export, hf:REPO_ID or a run directory "
+        "(its config is the new run's, under --preset and the overrides; the data must be tokenised as theirs was)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -88,22 +95,33 @@ def training_config(args: argparse.Namespace, quiet: bool = False):
     prepare ``config.data.name``), and a note for the banner; ``quiet`` drops the config's warnings."""
     if args.checkpoint is not None and not args.resume:
         raise ValueError("--checkpoint picks the checkpoint to resume from; pass it with --resume.")
+    if args.init is not None and args.resume:
+        raise ValueError("--init starts a new run from trained weights and --resume continues a run; pass one.")
     preset = args.preset or default_preset(args.data)
-    run_dir = Path(args.out or f"runs/{preset}")
+    run_dir = Path(args.out or f"runs/{'finetuned' if args.init and not args.preset else preset}")
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore")
         if args.resume:
             config = resume_config(run_dir, args.overrides, data=args.data)
             return config, run_dir, own_dataset(run_dir, config, args.data), ""
+        if args.init is not None and args.preset is None:
+            config = init_config(args.init_weights.files.config, args.overrides, args.data)
+            return config, run_dir, None, f"starting from {args.init} (step {args.init_weights.step})"
         config = build_config(args.preset, args.overrides, data=args.data)
     return config, run_dir, None, "" if args.preset else preset_note(preset, args.data)
+
+
+def read_init(args: argparse.Namespace) -> None:
+    """Read the weights of ``--init`` once (``args.init_weights``; None without it)."""
+    args.init_weights = read_pretrained(args.init) if args.init is not None else None
 
 
 def launch_training(args: argparse.Namespace) -> int:
     """``md4 train --nproc N``: check what can be checked (config, batch split, run folder, data, checkpoint) in
     this process, then start the N processes with torchrun."""
     positive("--nproc", args.nproc)
+    read_init(args)
     config, run_dir, dataset, _ = training_config(args)
     check_run_dir_free(run_dir)
     training_data(config, run_dir, args.resume, args.checkpoint, args.nproc, dataset)
@@ -112,13 +130,16 @@ def launch_training(args: argparse.Namespace) -> int:
 
 def train_process(args: argparse.Namespace) -> int:
     """One training process: alone, or a rank of several under torchrun."""
+    read_init(args)
     config, run_dir, dataset, note = training_config(args, quiet=distributed.launched_by_md4())
     world = distributed.connect(config.train.device, config.train.dist_timeout)
     finished = False
     try:
         if not world.is_main:
             warnings.simplefilter("ignore")  # rank 0 speaks for the run
-        trainer = build_trainer(config, run_dir, args.resume, not args.no_progress, args.checkpoint, world, dataset)
+        trainer = build_trainer(
+            config, run_dir, args.resume, not args.no_progress, args.checkpoint, world, dataset, args.init_weights
+        )
         if world.is_main:
             note = "; ".join(filter(None, [note, group_note(world, config.train.parallel)]))
             print(describe(trainer, args.resume, note), file=sys.stderr)

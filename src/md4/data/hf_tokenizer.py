@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from md4.data.cache import DataError, token_dtype
 from md4.data.codec import CODECS
 from md4.data.tokenizers import Tokenizer, _as_ids
 
-PIECE_CHARS = 1 << 20  # text is encoded in pieces of about this many characters, in parallel
+PIECE_CHARS = 1 << 18  # text is encoded in pieces of about this many characters,
+PIECES_AT_ONCE = 16  # this many at a time, in parallel
 _PIECE_CUT = re.compile(r"(?<=\S) ")  # a space after a non-space: every pre-tokeniser md4 meets splits there
 MASK_NAMES = ("[MASK]", "<mask>")  # BERT's and RoBERTa's, when a tokenizer's config does not name its mask
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt"]
@@ -111,13 +112,13 @@ class TokenizersCodec(Tokenizer):
         self.unk_id = _unknown_id(json.loads(tokenizer_json).get("model", {}), vocab)
 
     def encode(self, text: str) -> np.ndarray:
-        return self.encode_batch([text])[0]
-
-    def encode_batch(self, texts: Iterable[str]) -> list[np.ndarray]:
-        dtype = token_dtype(self.vocab_size)
-        groups = [text_pieces(text) for text in texts]
-        encodings = iter(self._tokenizer.encode_batch([p for g in groups for p in g], add_special_tokens=False))
-        return [np.concatenate([np.array(next(encodings).ids, dtype=dtype) for _ in group]) for group in groups]
+        """The ids of ``text``, encoded in pieces (:func:`text_pieces`), ``PIECES_AT_ONCE`` in parallel at a time
+        (the tokenizer's encodings hold far more than the ids, so memory stays bounded for any corpus)."""
+        dtype, pieces, arrays = token_dtype(self.vocab_size), text_pieces(text), []
+        for first in range(0, len(pieces), PIECES_AT_ONCE):
+            encodings = self._tokenizer.encode_batch(pieces[first : first + PIECES_AT_ONCE], add_special_tokens=False)
+            arrays.extend(np.array(encoding.ids, dtype=dtype) for encoding in encodings)
+        return np.concatenate(arrays)
 
     def decode(self, ids: Any) -> str:
         return self._tokenizer.decode(_as_ids(ids, self.vocab_size).tolist(), skip_special_tokens=False)

@@ -87,7 +87,7 @@ def _retokenized(base: PreparedData, spec: str, codec: TokenizersCodec | None) -
         raise DataError(f"{base.name} has no train split to train data.tokenizer={spec} on; prepare it again.")
     if codec is None:
         codec = TokenizersCodec(train_bpe(texts["train"], int(spec[len(BPE_PREFIX) :])))
-    encoded = dict(zip(texts, codec.encode_batch(texts.values()), strict=True))
+    encoded = {split: codec.encode(text) for split, text in texts.items()}
     meta = {key: value for key, value in base.meta.items() if key != "tokens"}
     meta.update(
         tokenizer=spec,

@@ -134,7 +134,13 @@ class LoadedRun:
     model: nn.Module
     step: int
     checkpoint: Path
-    run_dir: Path
+    run_dir: Path  # the run directory or exported folder the model came from
+    outputs: Path | None = None  # where md4 writes what it makes of the model, when not into ``run_dir``
+
+    def output_dir(self) -> Path:
+        """Where samples and evaluation reports of this model go: its run or exported folder, or, for a model
+        read from the Hub's cache, a folder named after the repository in the working directory."""
+        return self.outputs or self.run_dir
 
 
 def data_source(dataset) -> dict[str, Any] | None:
@@ -159,7 +165,7 @@ def write_run_files(run_dir: Path, config: Config, dataset, spec: DataSpec) -> N
     write_atomic(run_dir / "data.json", json.dumps(data, indent=2))
 
 
-def _read_object(path: Path) -> dict[str, Any]:
+def read_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``."""
     try:
         value = json.loads(path.read_text())
@@ -198,7 +204,7 @@ def _is_count(value: Any, low: int, high: int) -> bool:
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
-def _data_description(data: dict[str, Any]) -> tuple[Codec, DataSpec, dict[str, Any] | None]:
+def data_description(data: dict[str, Any]) -> tuple[Codec, DataSpec, dict[str, Any] | None]:
     """The codec, data spec and source that ``data.json`` describes, each checked: its types, and sizes within
     :mod:`md4.limits`. Raises ValueError saying what is wrong."""
     if data.get("format") != RUN_FORMAT:
@@ -242,19 +248,26 @@ def read_run_files(run_dir: str | os.PathLike) -> RunFiles:
         if not (run_dir / name).is_file():
             raise RunError(f"{run_dir} is not an md4 run directory (no {name}); pass the --out of md4 train.")
     check_links(run_dir)
+    return checked_files(read_object(run_dir / "config.json"), read_object(run_dir / "data.json"), run_dir)
+
+
+def checked_files(config: dict[str, Any], data: dict[str, Any], where: Path, config_name: str = "config.json",
+                  data_name: str = "data.json") -> RunFiles:  # fmt: skip
+    """The run files of a config table and a data description (read from ``where``'s ``config_name`` and
+    ``data_name``), checked as a user's own settings are, and against each other."""
     try:
-        codec, spec, source = _data_description(_read_object(run_dir / "data.json"))
+        codec, spec, source = data_description(data)
     except ValueError as err:
-        raise RunError(f"{run_dir / 'data.json'} is damaged ({err}); restore it from a backup.") from None
+        raise RunError(f"{where / data_name} is damaged ({err}); restore it from a backup.") from None
     try:
-        config = Config.from_dict(_read_object(run_dir / "config.json"))
-        validate(config, spec)
-        if source is not None and not isinstance(codec, ImageCodec) and spec.data_shape != (config.data.seq_len,):
+        checked = Config.from_dict(config)
+        validate(checked, spec)
+        if source is not None and not isinstance(codec, ImageCodec) and spec.data_shape != (checked.data.seq_len,):
             shape = list(spec.data_shape)
-            raise ConfigError(f"data.seq_len={config.data.seq_len} but data.json's data_shape is {shape}")
+            raise ConfigError(f"data.seq_len={checked.data.seq_len} but {data_name}'s data_shape is {shape}")
     except ConfigError as err:
-        raise RunError(f"{run_dir / 'config.json'} does not hold a valid config ({err}); restore it.") from None
-    return RunFiles(config, codec, spec, source)
+        raise RunError(f"{where / config_name} does not hold a valid config ({err}); restore it.") from None
+    return RunFiles(checked, codec, spec, source)
 
 
 def resume_config(run_dir: str | os.PathLike, overrides: list[str], data: str | None = None) -> Config:
@@ -297,7 +310,7 @@ def check_weights_fit(config: Config, spec: DataSpec, weights: Path) -> None:
         )
 
 
-def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
     bad = next(
         (name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()), None
     )
@@ -319,7 +332,7 @@ def load_run(
     check_weights_fit(files.config, files.spec, find_checkpoint(run_dir, step) / weights_file)
     ckpt = read_checkpoint(run_dir, step, weights_only=True)
     weights = ckpt.ema if use_ema else ckpt.model
-    _check_finite(weights, ckpt.path)
+    check_finite(weights, ckpt.path)
     model = files.config.plan().without_initial_weights().build(files.spec)
     try:
         model.load_state_dict(weights)

@@ -30,6 +30,7 @@ from md4.evaluate import characters_per_token, estimate_nelbo
 from md4.models import DataSpec, build_model
 from md4.runs.checkpoints import list_checkpoints
 from md4.runs.metrics_log import MetricsLog
+from md4.runs.pretrained import Pretrained
 from md4.sampling import sample
 from md4.sampling.labels import class_labels
 from md4.training.lifecycle import RESUMABLE_KEYS, RunLifecycle, check_resumable, config_differences
@@ -263,11 +264,13 @@ def build_trainer(
     checkpoint_step: int | None = None,
     world: World | None = None,
     dataset=None,
+    init: Pretrained | None = None,
 ) -> Trainer:
     """Prepare the data and build the model a validated config describes, and a Trainer for them.
 
     ``dataset``: the data to train on instead of preparing ``config.data.name`` (a run's own data from the cache,
-    :func:`md4.runs.directory.own_dataset`). With several processes rank 0 prepares the data first
+    :func:`md4.runs.directory.own_dataset`). ``init``: trained weights the new run starts from (fine-tuning,
+    ``md4 train --init``), for data tokenised as theirs were. With several processes rank 0 prepares the data first
     (:func:`training_data`), so the others find it in the cache.
     """
     from md4.data import open_dataset
@@ -282,9 +285,14 @@ def build_trainer(
         )
     torch.manual_seed(config.train.seed)
     model = build_model(config, DataSpec.of(data))
+    if init is not None:
+        init.start(model, data.codec)
     if not resume:  # a resumed run keeps the grad_accum its config records
         config = fit_to_device(config, model, world)
-    return Trainer(config, model, data, run_dir, resume, progress, checkpoint_step, world)
+    trainer = Trainer(config, model, data, run_dir, resume, progress, checkpoint_step, world)
+    if init is not None and world.is_main:
+        init.record(trainer.run_dir)
+    return trainer
 
 
 def training_data(
