@@ -17,6 +17,7 @@ from md4.data import ArrayDataset, RawCodec
 from md4.models import DataSpec, build_model
 from md4.nn.hf_mlm import HFMaskedLM, HFMaskedLMConfig
 from md4.runs.directory import load_run
+from md4.runs.pretrained import from_pretrained
 from md4.sampling import SAMPLER_NAMES, sample
 from md4.training import Trainer
 
@@ -253,6 +254,12 @@ def test_the_cli_bounds_the_mlm_zero_shot_fine_tunes_it_and_infills(
     )
     assert code == 0, err
     assert out.count("to be, or") == 2 and "[MASK]" not in out and "[CLS]" not in out
+    code, _, err = cli(capsys, "export", tmp_path / "tuned", tmp_path / "exported")
+    assert code == 0, err
+    exported, run = from_pretrained(tmp_path / "exported", "cpu"), load_run(tmp_path / "tuned", "cpu")
+    z = torch.full((1, LENGTH), run.spec.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.model.logits(z, torch.ones(1)), run.model.logits(z, torch.ones(1)))
 
 
 @pytest.mark.slow
