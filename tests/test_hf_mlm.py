@@ -188,9 +188,15 @@ def test_bad_folders_get_one_sentence(tmp_path, tokenizer, make, message):
         hf_config(folder, tokenizer)
 
 
-def test_data_of_another_vocabulary_is_refused_with_the_fix(bert, tokenizer):
+def test_data_of_another_vocabulary_or_tokenizer_and_no_path_are_refused_with_the_fix(bert, tokenizer):
     with pytest.raises(ConfigError, match=f"set data.tokenizer=hf:{bert}"):
         apply_overrides(load_preset("shakespeare-char"), ["model.net=hf-mlm", f"net.path={bert}"], DataSpec(65, (8,)))
+    with pytest.raises(ConfigError, match="but data.tokenizer=bpe:300; leave data.tokenizer out"):
+        apply_overrides(
+            load_preset("shakespeare-char"), ["model.net=hf-mlm", f"net.path={bert}", "data.tokenizer=bpe:300"]
+        )
+    with pytest.raises(ConfigError, match="net.path is empty; set it to a masked LM's folder or hub id"):
+        apply_overrides(load_preset("shakespeare-char"), ["model.net=hf-mlm"])
 
 
 def _causal_lm(folder):
