@@ -53,10 +53,6 @@ class MaskedLMFacts:
     special_ids: tuple[int, ...]
 
     @property
-    def embedding_rows(self) -> int:
-        return int(self.config.vocab_size)
-
-    @property
     def max_positions(self) -> int | None:
         """The longest sequence the model embeds (RoBERTa-like models start counting after the pad id)."""
         limit = self.config.to_dict().get("max_position_embeddings")
@@ -159,12 +155,11 @@ def build_masked_lm(facts: MaskedLMFacts, path: str, pretrained: bool) -> nn.Mod
     ``pretrained`` and the default device is not ``meta`` (where only shapes are wanted), else initialised from
     its config."""
     from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging
 
     config = copy.deepcopy(facts.config)
     if not pretrained or torch.get_default_device().type == "meta":
         return AutoModelForMaskedLM.from_config(config, dtype=torch.float32, attn_implementation=ATTENTION)
-    from transformers.utils import logging
-
     bar = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # md4 prints its own progress
     try:
@@ -196,7 +191,7 @@ class HFMaskedLM(nn.Module):
         self.mlm = build_masked_lm(facts, config.path, config.pretrained)
         width = self.mlm.get_input_embeddings().embedding_dim
         self.time_embed = nn.Linear(TIME_FEATURES, width) if config.time_embed else None
-        if self.time_embed is not None:
+        if self.time_embed is not None:  # zero: the pretrained MLM exactly at first
             nn.init.zeros_(self.time_embed.weight)
             nn.init.zeros_(self.time_embed.bias)
         excluded = torch.zeros(config.vocab_size, dtype=torch.bool)
