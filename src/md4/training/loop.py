@@ -187,7 +187,7 @@ def run_loop(trainer: Steps) -> TrainResult:
             bar.close()
         if stopped_by and not world.broadcast(world.is_main and state.saved_this_step(trainer.run_dir)):
             trainer.save()
-    if trainer.log is not None:
+    if trainer.log is not None and state.step > 0:  # train.steps=0 logged nothing to plot
         trainer.log.plot(trainer.run_dir / "curves.png")
     seconds = time.time() - start_time
     return TrainResult(
