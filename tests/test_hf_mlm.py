@@ -238,31 +238,32 @@ def test_a_saved_run_loads_its_own_weights_without_reading_the_mlms(bert, tokeni
         torch.testing.assert_close(loaded.model.logits(z, torch.ones(1)), trainer.ema.module.logits(z, torch.ones(1)))
 
 
-def test_the_cli_bounds_the_mlm_zero_shot_fine_tunes_it_and_infills(
+def test_the_cli_bounds_the_pretrained_mlm_zero_shot_infills_and_exports(
     bert, tmp_path, capsys, monkeypatch, shakespeare_cache
 ):
-    """``train.steps=0`` saves the pretrained weights as the run's checkpoint: ``md4 eval`` then gives the MLM's
+    """``train.steps=0`` saves the pretrained weights as the run's checkpoint, so ``md4 eval`` gives the MLM's
     zero-shot bound; the run's codec is the MLM's tokenizer (data.tokenizer defaults to hf:net.path)."""
+    from transformers import AutoModelForMaskedLM
+
     monkeypatch.setenv("MD4_CACHE_DIR", str(shakespeare_cache))
-    common = ["model.net=hf-mlm", f"net.path={bert}", *TINY_RUN]
-    bounds = {}
-    for name, steps in (("zero-shot", 0), ("tuned", 4)):
-        code, _, err = cli(
-            capsys, "train", "--data", "shakespeare", "--out", tmp_path / name, f"train.steps={steps}", *common
-        )
-        assert code == 0, err
-        code, out, err = cli(capsys, "eval", tmp_path / name, "--max-batches", "1", "--json")
-        assert code == 0, err
-        bounds[name] = json.loads(out)
-    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["data"]["tokenizer"] == f"hf:{bert}"
-    code, out, err = cli(
-        capsys, "sample", tmp_path / "tuned", "--infill", "to be, or ___ to be", "--num", "2", "--steps", "4"
-    )
+    run_dir = tmp_path / "zero-shot"
+    overrides = ["model.net=hf-mlm", f"net.path={bert}", "train.steps=0", *TINY_RUN]
+    code, _, err = cli(capsys, "train", "--data", "shakespeare", "--out", run_dir, *overrides)
+    assert code == 0, err
+    assert json.loads((run_dir / "config.json").read_text())["data"]["tokenizer"] == f"hf:{bert}"
+    run = load_run(run_dir, "cpu")
+    pretrained = AutoModelForMaskedLM.from_pretrained(bert).state_dict()
+    assert all(torch.equal(value, pretrained[name]) for name, value in run.model.denoiser.mlm.state_dict().items())
+    code, out, err = cli(capsys, "eval", run_dir, "--max-batches", "1", "--json")
+    assert code == 0, err
+    bound = json.loads(out)["continuous"]
+    assert bound["bits_per_token"] > 0 and bound["bits_per_char"] > 0
+    code, out, err = cli(capsys, "sample", run_dir, "--infill", "to be, or ___ to be", "--num", "2", "--steps", "4")
     assert code == 0, err
     assert out.count("to be, or") == 2 and "[MASK]" not in out and "[CLS]" not in out
-    code, _, err = cli(capsys, "export", tmp_path / "tuned", tmp_path / "exported")
+    code, _, err = cli(capsys, "export", run_dir, tmp_path / "exported")
     assert code == 0, err
-    exported, run = from_pretrained(tmp_path / "exported", "cpu"), load_run(tmp_path / "tuned", "cpu")
+    exported = from_pretrained(tmp_path / "exported", "cpu")
     z = torch.full((1, LENGTH), run.spec.vocab_size)
     with torch.no_grad():
         torch.testing.assert_close(exported.model.logits(z, torch.ones(1)), run.model.logits(z, torch.ones(1)))
