@@ -84,8 +84,11 @@ def read_masked_lm(path: str) -> MaskedLMFacts:
 
 @functools.lru_cache(maxsize=8)
 def _read(path: str, stamp: tuple) -> MaskedLMFacts:
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+    except ImportError:
+        raise ValueError("model.net=hf-mlm needs Hugging Face transformers; pip install 'md4[mlm]'.") from None
 
     try:
         config = AutoConfig.from_pretrained(path)
