@@ -64,7 +64,7 @@ def test_presets_command_prints_the_parameter_count(capsys):
         ("net.dimm=3", "Unknown config key net.dimm; valid keys in [net] for the transformer network are: dim,"),
         ("model.schedul=cosine", "Unknown config key model.schedul; valid keys in [model] for kind md4 are:"),
         ("model.kind=sedd", "Unknown model.kind 'sedd'; registered ones are: md4, genmd4, ar."),
-        ("model.net=resnet", "Unknown model.net 'resnet'; registered ones are: transformer, unet, uvit."),
+        ("model.net=resnet", "Unknown model.net 'resnet'; registered ones are: transformer, unet, uvit, hf-mlm."),
         (
             "model.net=unet",
             "Bad [net] setting: The unet network needs images of shape (H, W, C), got data_shape=(1024,)",

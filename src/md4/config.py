@@ -236,8 +236,25 @@ def apply_overrides(config: Config, overrides: list[str], spec: models.DataSpec 
     if spec is None:
         config.data.name = canonical_name(config.data.name)  # a file by its resolved path, from any directory
         config.data.tokenizer = canonical_tokenizer(config.data.tokenizer)
+        _use_the_mlms_tokenizer(config)
     validate(config, spec)
     return config
+
+
+def _use_the_mlms_tokenizer(config: Config) -> None:
+    """``model.net=hf-mlm``: the masked LM's tokenizer is the run's codec, so ``data.tokenizer`` defaults to
+    ``hf:`` the folder (by its resolved path, as ``net.path`` then is too) and may not name another."""
+    if config.model["net"] != "hf-mlm" or not config.net.get("path"):
+        return
+    path = canonical_tokenizer(f"hf:{config.net['path']}")
+    config.net["path"] = path.removeprefix("hf:")
+    if config.data.tokenizer is None:
+        config.data.tokenizer = path
+    elif config.data.tokenizer != path:
+        raise ConfigError(
+            f"net.path's tokenizer is the run's codec with model.net=hf-mlm, but data.tokenizer="
+            f"{config.data.tokenizer}; leave data.tokenizer out (it then is {path})."
+        )
 
 
 def data_spec_guess(config: Config) -> models.DataSpec:

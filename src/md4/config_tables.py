@@ -95,7 +95,12 @@ class TrainConfig:
                 f"train.weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, "
                 f"got {self.weight_decay_scope!r}."
             )
-        for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
+        if self.steps < 0:
+            raise ConfigError(
+                f"train.steps must be 0 (save the initial weights: a pretrained network's zero-shot bound) or more, "
+                f"got {self.steps}."
+            )
+        for key in ("batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
                     "checkpoint_every", "keep_checkpoints", "dist_timeout"):  # fmt: skip
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be a positive integer, got {getattr(self, key)}.")

@@ -27,6 +27,7 @@ from torch import nn
 from md4.core.ar import AROptions, Autoregressive
 from md4.core.genmd4 import GenMD4, GenMD4Options
 from md4.core.md4 import MD4, MD4Options
+from md4.nn.hf_mlm import HFMaskedLM, HFMaskedLMConfig
 from md4.nn.transformer import Transformer, TransformerConfig
 from md4.nn.unet import UNet, UNetConfig
 from md4.nn.uvit import UViT, UViTConfig
@@ -71,8 +72,10 @@ NETWORKS: dict[str, Network] = {
     "transformer": Network(TransformerConfig, Transformer),
     "unet": Network(UNetConfig, UNet),
     "uvit": Network(UViTConfig, UViT),
+    "hf-mlm": Network(HFMaskedLMConfig, HFMaskedLM),
 }
 DATA_FIELDS = ("vocab_size", "num_classes", "data_shape")  # network config fields filled from the data, not [net]
+PRETRAINED = "pretrained"  # a [net] key: true reads initial weights from elsewhere (hf-mlm's net.path)
 SELECTORS = ("kind", "net")  # the [model] keys that pick the registry entries
 
 
@@ -140,6 +143,14 @@ class ModelPlan:
         """The model for data described by ``spec``: kind(options, network(net config))."""
         spec = self.model_spec(spec)
         return self.kind.build(self.options, self.network.build(self.net_config(spec)), spec)
+
+    def without_initial_weights(self) -> ModelPlan:
+        """The same model with no pretrained weights read (``[net] pretrained = false``): for loading a checkpoint,
+        whose weights replace them."""
+        net = dict(self.net)
+        if PRETRAINED in net:
+            net[PRETRAINED] = False
+        return dataclasses.replace(self, net=tuple(net.items()))
 
     def parameter_count(self, spec: DataSpec) -> int:
         """The parameter count, built on the meta device (no memory, no data)."""

@@ -63,8 +63,16 @@ def _sha256(path: Path) -> str:
 
 
 def _clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip torch.compile's wrapper prefix and make tensors contiguous for safetensors."""
-    return {k.replace("_orig_mod.", ""): v.detach().contiguous() for k, v in state.items()}
+    """Strip torch.compile's wrapper prefix and make tensors contiguous for safetensors; a tensor sharing memory
+    with an earlier one (tied weights: a masked LM's output layer and its embeddings) is saved as its own copy,
+    which loading ties again."""
+    clean, seen = {}, set()
+    for name, value in state.items():
+        value = value.detach().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        clean[name.replace("_orig_mod.", "")] = value.clone() if storage in seen else value
+        seen.add(storage)
+    return clean
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

@@ -35,7 +35,7 @@ from md4.data import (
 from md4.device import resolve_device
 from md4.files import link_leaving, write_atomic
 from md4.limits import MAX_CLASSES, MAX_VOCAB_SIZE, check_example_tokens
-from md4.models import DataSpec, build_model
+from md4.models import DataSpec
 from md4.runs.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
 
 RUN_FILES = ("config.json", "data.json")
@@ -333,7 +333,7 @@ def load_run(
     ckpt = read_checkpoint(run_dir, step, weights_only=True)
     weights = ckpt.ema if use_ema else ckpt.model
     check_finite(weights, ckpt.path)
-    model = build_model(files.config, files.spec)
+    model = files.config.plan().without_initial_weights().build(files.spec)
     try:
         model.load_state_dict(weights)
     except RuntimeError:

@@ -29,7 +29,6 @@ from safetensors.torch import load_file, save_file
 from md4.data import Codec
 from md4.device import resolve_device
 from md4.files import atomic_output, write_atomic
-from md4.models import build_model
 from md4.runs.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
 from md4.runs.directory import (
     LoadedRun,
@@ -91,7 +90,7 @@ class Pretrained:
 
     def model(self, device: str = "auto") -> torch.nn.Module:
         """The model these weights belong to, in eval mode on ``device``."""
-        model = build_model(self.files.config, self.files.spec)
+        model = self.files.config.plan().without_initial_weights().build(self.files.spec)
         model.load_state_dict(self.weights)
         return model.to(resolve_device(device)).eval()
 

@@ -174,6 +174,8 @@ def run_loop(trainer: Steps) -> TrainResult:
     stopped_by, out_of_time = None, False
     budget = time_budget(trainer)
     bar = progress_bar(trainer.t, state.step, trainer.progress)
+    if trainer.t.steps == state.step == 0:  # nothing to train: the initial (pretrained) weights are the checkpoint
+        trainer.save()
     with _stop_flag(second_interrupt_aborts=not world.distributed) as flag:
         try:
             while state.step < trainer.t.steps:
@@ -203,7 +205,7 @@ def run_loop(trainer: Steps) -> TrainResult:
             world.is_main and state.saved_this_step(trainer.run_dir)
         ):
             trainer.save()
-    if trainer.log is not None:
+    if trainer.log is not None and state.step > 0:  # train.steps=0 logged nothing to plot
         trainer.log.plot(trainer.run_dir / "curves.png")
     seconds = time.time() - start_time
     return TrainResult(
