@@ -263,10 +263,16 @@ def test_the_cli_bounds_the_pretrained_mlm_zero_shot_infills_and_exports(
     assert out.count("to be, or") == 2 and "[MASK]" not in out and "[CLS]" not in out
     code, _, err = cli(capsys, "export", run_dir, tmp_path / "exported")
     assert code == 0, err
-    exported = from_pretrained(tmp_path / "exported", "cpu")
+    header = json.loads((tmp_path / "exported" / "config.json").read_text())["config"]
+    assert header["net"]["path"] == "mlm" and header["data"]["tokenizer"] == "hf:mlm"  # nothing outside the folder
+    assert {p.name for p in (tmp_path / "exported" / "mlm").iterdir()} >= {"config.json", "tokenizer.json"}
+    moved = shutil.copytree(tmp_path / "exported", tmp_path / "elsewhere" / "exported")
+    exported = from_pretrained(moved, "cpu")
     z = torch.full((1, LENGTH), run.spec.vocab_size)
     with torch.no_grad():
         torch.testing.assert_close(exported.model.logits(z, torch.ones(1)), run.model.logits(z, torch.ones(1)))
+    code, _, err = cli(capsys, "train", "--init", moved, "--out", tmp_path / "tuned", "train.steps=1", "--no-progress")
+    assert code == 0, err  # fine-tuning an exported MLM reads its weights from the export alone
 
 
 @pytest.mark.slow

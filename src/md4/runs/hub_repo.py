@@ -16,7 +16,7 @@ from md4.runs.directory import RunError
 
 HUB_PREFIX = "hf:"
 EXPORTED_FILES = ["config.json", "model.safetensors", "tokenizer.json", "README.md", "eval.json", "eval.md",
-                  "sample.txt", "sample.png"]  # fmt: skip
+                  "sample.txt", "sample.png", "mlm/*"]  # fmt: skip
 
 
 def _hub() -> Any:

@@ -43,6 +43,7 @@ from md4.runs.directory import (
     read_run_files,
 )
 from md4.runs.hub_repo import HUB_PREFIX, download
+from md4.runs.mlm_files import copy_mlm_description, locate_mlm_description
 from md4.runs.model_card import INIT_FILE, run_extras, write_model_card
 
 LIBRARY = "md4"
@@ -158,7 +159,7 @@ def read_export(folder: Path, origin: str | None = None) -> Pretrained:
     config, data, checkpoint = header.get("config"), header.get("data"), header.get("checkpoint")
     if not (isinstance(config, dict) and isinstance(data, dict) and isinstance(checkpoint, dict)):
         raise RunError(f"{folder / CONFIG_FILE} lacks its config, data or checkpoint table; export the run again.")
-    files = checked_files(config, data, folder, CONFIG_FILE, CONFIG_FILE)
+    files = checked_files(locate_mlm_description(config, folder), data, folder, CONFIG_FILE, CONFIG_FILE)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise RunError(f"{folder} has no {WEIGHTS_FILE}; export the run again or download the whole repository.")
@@ -254,7 +255,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], raw
         "md4_version": _version(),
         "kind": files.config.model["kind"],
         "network": files.config.model["net"],
-        "config": files.config.to_dict(),
+        "config": copy_mlm_description(files.config.to_dict(), out),
         "data": data,
         "checkpoint": {"step": pretrained.step, "weights": "raw" if raw else "ema", "run": run_dir.name},
     }

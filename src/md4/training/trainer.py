@@ -293,8 +293,10 @@ def build_trainer(
             config.data.name, config.data.seq_len, config.data.levels, tokenizer=config.data.tokenizer
         )
     torch.manual_seed(config.train.seed)
-    model = build_model(config, DataSpec.of(data))
-    if init is not None:
+    if init is None:
+        model = build_model(config, DataSpec.of(data))
+    else:  # its weights replace any the network would read itself
+        model = config.plan().without_initial_weights().build(DataSpec.of(data))
         init.start(model, data.codec)
     if not resume:  # a resumed run keeps the grad_accum its config records
         config = fit_to_device(config, model, world)
