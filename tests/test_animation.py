@@ -76,8 +76,11 @@ def test_unmask_order_of_a_hand_made_trajectory_is_exact():
     assert text.steps == [0, 2, 1, 3, 0] and text.given == [True, False, False, False, True]
     assert [[char for _, _, char in cells] for cells in text.cells] == [["b"], ["e"], ["d"], ["f"], ["c"]]
     assert [cell[:2] for cells in text.cells for cell in cells] == [(0, i) for i in range(5)]  # each once, in order
-    first = animation.gif_text_frames(text)[0]
-    assert (first == animation.GIVEN).all(-1).any()  # the given text is drawn in frame 0, masked cells are not
+    frames = [np.asarray(frame.convert("RGB")) for frame in animation.gif_text_frames(text)]
+    assert len(frames) == 4 and (frames[0] == animation.GIVEN).all(-1).any()  # given text drawn in frame 0
+    assert (frames[0] == animation.PLACEHOLDER).all(-1).sum() > (frames[-1] == animation.PLACEHOLDER).all(-1).sum() == 0
+    first_shown = frames[1][:, animation.MARGIN + 2 * animation.CELL[0] :][:, : animation.CELL[0]]  # the cell of "d"
+    assert (first_shown == animation.RAMP[0]).all(-1).any() and not (frames[0] == animation.RAMP[0]).all(-1).any()
     with pytest.raises(ValueError, match="no mask left"):
         animation.unmask_steps(trajectory[:-1], 9)
 

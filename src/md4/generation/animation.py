@@ -10,7 +10,7 @@ template's text, an image's kept region) have step 0. A sampler that unmasks one
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ SUFFIXES = (".gif", ".svg")
 IMAGE_SNAPSHOTS = 29  # frames of an image animation: 4 per column of the 8-snapshot strip, so they share states
 MAX_TEXT_SNAPSHOTS = 1025  # text: one per token up to 1,024 tokens in all; longer samples group tokens per frame
 MAX_GIF_FRAMES = 64  # a text GIF groups the steps into at most this many frames
+MAX_GIF_LINES = 200  # a text GIF's lines at most (656 x 3,616 pixels a frame); an SVG has no limit
 FRAME_MS = 100  # how long each frame of an image GIF shows
 HOLD_MS = 3000  # how long the finished samples show before the animation starts again
 WIDTH = 64  # text: characters per line
@@ -87,6 +88,11 @@ def save_gif(frames: list[np.ndarray], path: Path, scale: int = 1, frame_ms: int
     images = [
         Image.fromarray(pictures.scaled(frame, scale)).quantize(palette=palette, dither=NO_DITHER) for frame in frames
     ]
+    return write_gif(images, path, frame_ms)
+
+
+def write_gif(images: list[Image.Image], path: Path, frame_ms: int) -> Path:
+    """Write palette images as a looping GIF, ``frame_ms`` each, the last held for :data:`HOLD_MS`."""
     durations = [frame_ms] * (len(images) - 1) + [HOLD_MS]
     path = Path(path)
     with atomic_output(path) as tmp:
@@ -123,7 +129,7 @@ class TextAnimation:
         """Given text in :data:`GIVEN`; a generated token on :data:`RAMP` by its step (early: blue, late: red)."""
         if self.given[token]:
             return GIVEN
-        return ramp(self.steps[token] / max(self.last_step, 1))
+        return ramp((self.steps[token] - 1) / max(self.last_step - 1, 1))
 
 
 def ramp(fraction: float) -> tuple[int, int, int]:
@@ -224,37 +230,49 @@ def text_font(size: int = 15) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size - 2)
 
 
-def gif_text_frames(animation: TextAnimation) -> list[np.ndarray]:
-    """The tokens appearing, as RGB frames: the first shows the given text and a grey block per masked character,
-    each next one the tokens of the following steps (at most :data:`MAX_GIF_FRAMES` frames after the first)."""
+def gif_text_frames(animation: TextAnimation) -> list[Image.Image]:
+    """The tokens appearing, as palette frames: the first shows the given text and a grey block per masked
+    character, each next one the tokens of the following steps (at most :data:`MAX_GIF_FRAMES` frames after the
+    first), each frame's tokens in its colour on :data:`RAMP`; no antialiasing, so the palette is exact."""
+    if animation.rows > MAX_GIF_LINES:
+        raise ValueError(
+            f"A text GIF shows at most {MAX_GIF_LINES} lines and these samples take {animation.rows}; write an .svg, "
+            "or pass a smaller --num or --length."
+        )
+    last, count = animation.last_step, min(animation.last_step, MAX_GIF_FRAMES)
+    bounds = [math.ceil(k * last / count) for k in range(count + 1)] if count else [0]
+    colours = [BACKGROUND, PLACEHOLDER, GIVEN, *(ramp((k - 1) / max(count - 1, 1)) for k in range(1, count + 1))]
+    frame_of = [
+        0 if given else bisect.bisect_left(bounds, step)
+        for step, given in zip(animation.steps, animation.given, strict=True)
+    ]
     (cell_w, cell_h), font = CELL, text_font()
-    size = (2 * MARGIN + animation.width * cell_w, 2 * MARGIN + max(animation.rows, 1) * cell_h)
-    image = Image.new("RGB", size, BACKGROUND)
+    image = Image.new("P", (2 * MARGIN + animation.width * cell_w, 2 * MARGIN + max(animation.rows, 1) * cell_h), 0)
+    image.putpalette([channel for colour in colours for channel in colour])
     draw = ImageDraw.Draw(image)
-    draw.fontmode = "1"  # no antialiasing: every frame's colours stay in one exact palette
+    draw.fontmode = "1"
 
     def paint(token: int, shown: bool) -> None:
         for row, col, char in animation.cells[token]:
             x, y = MARGIN + col * cell_w, MARGIN + row * cell_h
-            draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=BACKGROUND)
+            draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=0)
             if not shown:
-                draw.rectangle((x, y + 2, x + cell_w - 2, y + cell_h - 2), fill=PLACEHOLDER)
+                draw.rectangle((x, y + 2, x + cell_w - 2, y + cell_h - 2), fill=1)
                 continue
+            colour = 2 if animation.given[token] else 2 + frame_of[token]
             if char:
-                draw.text((x + cell_w / 2, y + cell_h / 2), char, fill=animation.colour(token), font=font, anchor="mm")
+                draw.text((x + cell_w / 2, y + cell_h / 2), char, fill=colour, font=font, anchor="mm")
             if animation.given[token]:
-                draw.line((x, y + cell_h - 2, x + cell_w - 1, y + cell_h - 2), fill=GIVEN)
+                draw.line((x, y + cell_h - 2, x + cell_w - 1, y + cell_h - 2), fill=2)
 
     for token in range(len(animation.cells)):
         paint(token, animation.given[token])
-    frames = [np.asarray(image).copy()]
-    last, count = animation.last_step, min(animation.last_step, MAX_GIF_FRAMES)
-    bounds = [math.ceil(k * last / count) for k in range(count + 1)] if count else [0]
-    for low, high in itertools.pairwise(bounds):
-        for token, step in enumerate(animation.steps):
-            if low < step <= high:
+    frames = [image.copy()]
+    for frame in range(1, count + 1):
+        for token, shown_in in enumerate(frame_of):
+            if shown_in == frame:
                 paint(token, True)
-        frames.append(np.asarray(image).copy())
+        frames.append(image.copy())
     return frames
 
 
@@ -268,4 +286,4 @@ def save_text_animation(path: Path, codec, trajectory: list[torch.Tensor], mask_
         return path
     frames = gif_text_frames(animation)
     frame_ms = max(20, round(1000 * reveal_seconds(animation.last_step) / max(len(frames) - 1, 1)))
-    return save_gif(frames, path, frame_ms=frame_ms)
+    return write_gif(frames, path, frame_ms)
