@@ -95,6 +95,9 @@ def test_lay_out_wraps_at_the_width_and_keeps_newlines():
     ]
     assert rows == 5
     assert animation.ramp(0.0) == animation.RAMP[0] and animation.ramp(1.0) == animation.RAMP[-1]
+    too_long = animation.TextAnimation([], [], [], rows=animation.MAX_GIF_LINES + 1)
+    with pytest.raises(ValueError, match="write an .svg"):
+        animation.gif_text_frames(too_long)
 
 
 def test_image_gif_has_a_frame_per_snapshot_from_all_masks_to_the_samples(digits_run, tmp_path):
