@@ -102,7 +102,7 @@ def add_parser(subparsers) -> None:
         "--animate",
         metavar="OUT",
         help="also write the reverse process as an animation: images, a GIF of the grid as its masks resolve; text, "
-        "the first samples' tokens appearing in the order they unmask, coloured by step, given text bold and "
+        "the samples' tokens appearing in the order they unmask, coloured by step, given text bold and "
         "underlined (OUT ends in .gif or .svg)",
     )
     add_model_options(p)
