@@ -1,6 +1,7 @@
 """The CPU demo (``md4 demo``): train a small preset on its own data (or resume, or reuse, the run in its folder),
 evaluate the continuous-time bound (Eq. 4) on the valid and test splits, and sample: text with and without a prompt,
-or, for images, a grid with a row per class, an unconditional grid, the reverse process and an infilled test image.
+or, for images, a grid with a row per class, an unconditional grid, the reverse process and an infilled test image;
+and the reverse process as an animation (``demo-reverse.svg`` or ``demo-reverse.gif``).
 Everything is summarised in the run's ``demo.json``."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, load_preset
 from md4.evaluate import BoundEstimate, evaluate_run, unit_of
-from md4.generation import pictures
+from md4.generation import animation, pictures
 from md4.generation.images import fill_image, sample_grid
 from md4.generation.text import generate
 from md4.held_out import held_out_batches
@@ -27,6 +28,7 @@ PER_CLASS = 8  # image demo: samples of each class, a row each (and the width of
 UNCONDITIONAL_ROWS = 10  # image demo of an unconditional model: rows of the grids
 COMPLETIONS = 6  # image demo: completions of the infilled test image
 SCALE = 4  # image demo: pixel size in the PNGs
+ANIMATION_SCALE = 2  # image demo: pixel size in the reverse process's GIF (a smaller file)
 
 
 @dataclass
@@ -109,26 +111,33 @@ def run_demo(
     if images:
         result.outputs, result.preview = demo_images(run, run_dir)
     else:
-        result.outputs = demo_texts(run)
+        result.outputs = demo_texts(run, run_dir)
     result.summary.update(result.outputs)
     result.summary["wall_seconds"] = round(time.time() - start, 1)
     (run_dir / "demo.json").write_text(json.dumps(result.summary, indent=2))
     return result
 
 
-def demo_texts(run: LoadedRun) -> dict[str, str]:
-    """The text demo's samples: one unconditional, one prompted with :data:`DEMO_PROMPT`."""
-    steps = run.config.sample.steps
-    labels = class_labels(run.model.num_classes, 1, device=next(run.model.parameters()).device)
-    (unconditional,) = generate(run.model, run.codec, 1, labels=labels, seed=0, steps=steps).texts
-    (prompted,) = generate(run.model, run.codec, 1, labels=labels, seed=1, steps=steps, prompt=DEMO_PROMPT).texts
-    return {"sample_unconditional": unconditional, "sample_prompted": prompted}
+def demo_texts(run: LoadedRun, run_dir: Path) -> dict[str, str]:
+    """The text demo's samples: one unconditional, one prompted with :data:`DEMO_PROMPT`, whose reverse process is
+    drawn as ``demo-reverse.svg``."""
+    model, steps = run.model, run.config.sample.steps
+    labels = class_labels(model.num_classes, 1, device=next(model.parameters()).device)
+    (unconditional,) = generate(model, run.codec, 1, labels=labels, seed=0, steps=steps).texts
+    snapshots = animation.text_snapshots(model.data_shape[0])
+    prompted = generate(
+        model, run.codec, 1, labels=labels, seed=1, steps=steps, prompt=DEMO_PROMPT, snapshots=snapshots
+    )
+    path = animation.save_text_animation(
+        run_dir / "demo-reverse.svg", run.codec, prompted.trajectory, int(model.vocab_size)
+    )
+    return {"sample_unconditional": unconditional, "sample_prompted": prompted.texts[0], "animation": str(path)}
 
 
 def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str]:
     """The image demo's pictures: a grid with a row per class, an unconditional grid (guidance 0), the reverse
-    process of a sample of each class, and completions of the bottom half of a test image; their paths, and the
-    first sample as text. An unconditional model draws both grids unconditionally."""
+    process of a sample of each class as a strip and of the whole class grid as a GIF, and completions of the bottom
+    half of a test image; their paths, and the first sample as text. An unconditional model draws both grids unconditionally."""
     codec, model = run.codec, run.model
     conditional = model.num_classes is not None
     options: dict[str, Any] = {
@@ -138,12 +147,19 @@ def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str]:
         "grid": "cosine",
     }
     num = UNCONDITIONAL_ROWS * PER_CLASS
-    grid = sample_grid(model, codec, num, strip=True, strip_every=PER_CLASS, seed=0, **options)
+    grid = sample_grid(
+        model, codec, num, strip=True, strip_every=PER_CLASS, snapshots=animation.IMAGE_SNAPSHOTS, seed=0, **options
+    )
     free = sample_grid(model, codec, num, guidance=0.0 if conditional else 1.0, seed=1, **options)
     paths = {
         "class_grid": pictures.save_png(grid.picture, run_dir / "demo-classes.png", SCALE),
         "unconditional_grid": pictures.save_png(free.picture, run_dir / "demo-unconditional.png", SCALE),
         "strip": pictures.save_png(grid.strip, run_dir / "demo-strip.png", SCALE),
+        "animation": animation.save_gif(
+            animation.image_frames(codec, grid.output.trajectory, PER_CLASS),
+            run_dir / "demo-reverse.gif",
+            ANIMATION_SCALE,
+        ),
     }
     images, image_labels = next(held_out_batches(run, None, "test", 1).batches)
     device = next(model.parameters()).device

@@ -61,3 +61,4 @@ def print_samples(result: DemoResult, images: bool) -> None:
         return
     unconditional, prompted = result.outputs["sample_unconditional"], result.outputs["sample_prompted"]
     print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")
+    print(f"the prompted sample's reverse process: {result.outputs['animation']}")

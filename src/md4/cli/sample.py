@@ -15,7 +15,8 @@ from md4.config import Config
 from md4.core.ar import AUTOREGRESSIVE
 from md4.data import ImageCodec
 from md4.device import PRECISION_CHOICES, resolve_precision, use_tf32
-from md4.generation.images import DEFAULT_MASK, fill_image, sample_grid
+from md4.generation import animation
+from md4.generation.images import DEFAULT_MASK, fill_image, grid_width, sample_grid
 from md4.generation.pictures import save_pictures
 from md4.generation.text import generate
 from md4.runs.directory import LoadedRun
@@ -97,6 +98,13 @@ def add_parser(subparsers) -> None:
         "> 1 follows them more closely (default: %(default)s)",
     )
     add_image_options(p)
+    p.add_argument(
+        "--animate",
+        metavar="OUT",
+        help="also write the reverse process as an animation: images, a GIF of the grid as its masks resolve; text, "
+        "the samples' tokens appearing in the order they unmask, coloured by step, given text bold and "
+        "underlined (OUT ends in .gif or .svg)",
+    )
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -140,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         loaded.model.denoiser = torch.compile(loaded.model.denoiser, dynamic=False)
     images = isinstance(loaded.codec, ImageCodec)
     check_sample_options(args, loaded, images)
+    if args.animate:
+        animation.check_animation_path(Path(args.animate), images)
+        check_output_file(Path(args.animate), "--animate", "reverse.gif")
     settings, origins = chosen_settings(args, loaded.config)
     sampler = settings["sampler"] or default_sampler(loaded.model)
     if sampler == AUTOREGRESSIVE and args.infill is not None:
@@ -198,6 +209,9 @@ def describe_settings(settings: dict[str, Any], origins: dict[str, str], sampler
 def sample_texts(args: argparse.Namespace, loaded: LoadedRun, options: dict) -> tuple[int, int]:
     """Print text samples (a conditional model's classes in turn); how many, and the network calls made."""
     labels = class_labels(loaded.model.num_classes, args.num, device=next(loaded.model.parameters()).device)
+    if args.animate:
+        length = max(args.length or loaded.model.data_shape[0], len(args.infill or ""))
+        options = {**options, "snapshots": animation.text_snapshots(args.num * length)}
     out = generate(
         loaded.model,
         loaded.codec,
@@ -212,6 +226,11 @@ def sample_texts(args: argparse.Namespace, loaded: LoadedRun, options: dict) -> 
     )
     for i, text in enumerate(out.texts):
         print(f"=== sample {i} ===\n{text}")
+    if args.animate:
+        path = animation.save_text_animation(
+            Path(args.animate), loaded.codec, out.trajectory, int(loaded.model.vocab_size)
+        )
+        print(f"md4: wrote {path}", file=sys.stderr)
     return len(out.texts), out.nfe
 
 
@@ -219,6 +238,8 @@ def sample_images(args: argparse.Namespace, loaded: LoadedRun, options: dict) ->
     """Write image samples as PNG files (a grid, or an infilling panel, and a reverse-process strip) and print an
     ASCII preview of the first image; how many samples, and the network calls made."""
     model, codec = loaded.model, loaded.codec
+    if args.animate:
+        options = {**options, "snapshots": animation.IMAGE_SNAPSHOTS}
     if args.infill_image:
         given = torch.as_tensor(codec.read_png(args.infill_image))
         drawn = fill_image(model, codec, given, args.num, mask=args.mask or DEFAULT_MASK, seed=args.seed, **options)
@@ -228,6 +249,10 @@ def sample_images(args: argparse.Namespace, loaded: LoadedRun, options: dict) ->
         )
     out = Path(args.out) if args.out else loaded.output_dir() / "samples" / "sample.png"
     written = save_pictures(out, drawn.picture, drawn.strip, args.scale)
+    if args.animate:
+        per_row = args.num if args.infill_image else grid_width(len(drawn.output.tokens), args.per_class)
+        frames = animation.image_frames(codec, drawn.output.trajectory, per_row)
+        written.append(animation.save_gif(frames, Path(args.animate), args.scale))
     print(codec.decode(drawn.output.tokens[0].cpu()))
     for path in written:
         print(f"md4: wrote {path}", file=sys.stderr)

@@ -95,6 +95,7 @@ def sample_grid(
     per_row: int | None = None,
     strip: bool = False,
     strip_every: int = 1,
+    snapshots: int = 0,
     precision: str = "auto",
     **sampling: Any,
 ) -> ImageSamples:
@@ -103,6 +104,8 @@ def sample_grid(
 
     Args:
         strip: also draw the reverse process, one row per sample (the first ones, or every ``strip_every``-th).
+        snapshots: keep this many states of the reverse process in ``output.trajectory`` (for an animation,
+            :mod:`md4.generation.animation`); the strip shows 8 of them, evenly spaced.
         precision: the network's arithmetic: ``auto`` (bf16 where the hardware has fast bf16, else fp32), ``bf16``
             (autocast) or ``fp32``.
         sampling: options of :func:`md4.sample` (``steps``, ``sampler``, ``grid``, ``guidance``, ``seed``, ...).
@@ -111,10 +114,20 @@ def sample_grid(
     labels = class_labels(model.num_classes, num, per_class, device)
     count = len(labels) if per_class else num
     with autocast(device, precision):
-        out = sample(model, count, labels=labels, snapshots=STRIP_SNAPSHOTS if strip else 0, **sampling)
-    grid = pictures.tile(pictures.rows_of(codec, out.tokens, per_row or per_class or math.ceil(math.sqrt(count))))
-    frames = pictures.strip(codec, [state[::strip_every] for state in out.trajectory]) if strip else None
+        kept = max(snapshots, STRIP_SNAPSHOTS if strip else 0)
+        out = sample(model, count, labels=labels, snapshots=kept, **sampling)
+    grid = pictures.tile(pictures.rows_of(codec, out.tokens, per_row or grid_width(count, per_class)))
+    frames = None
+    if strip:
+        states = out.trajectory
+        shown = [states[round(j * (len(states) - 1) / (STRIP_SNAPSHOTS - 1))] for j in range(STRIP_SNAPSHOTS)]
+        frames = pictures.strip(codec, [state[::strip_every] for state in shown])
     return ImageSamples(out, grid, frames)
+
+
+def grid_width(count: int, per_class: int | None) -> int:
+    """Images per row of a grid: ``per_class`` (a row per class), else a square."""
+    return per_class or math.ceil(math.sqrt(count))
 
 
 def fill_image(

@@ -42,17 +42,22 @@ def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
     return out
 
 
-def save_png(pixels: np.ndarray, path: Path, scale: int = 1) -> Path:
-    """Write RGB pixels [H, W, 3] to ``path``, each pixel repeated ``scale`` times in both directions (a picture
-    of at most :data:`md4.limits.MAX_PICTURE_SIDE` pixels a side)."""
+def scaled(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """RGB pixels [H, W, 3] with each pixel repeated ``scale`` times in both directions (a picture of at most
+    :data:`md4.limits.MAX_PICTURE_SIDE` pixels a side)."""
     height, width = pixels.shape[0] * scale, pixels.shape[1] * scale
     if max(height, width) > MAX_PICTURE_SIDE:
         raise ValueError(
             f"The picture would be {width:,} x {height:,} pixels at scale {scale}, more than md4's limit of "
             f"{MAX_PICTURE_SIDE:,} pixels a side; lower the scale (--scale) or draw fewer images."
         )
-    if scale > 1:
-        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    return pixels.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else pixels
+
+
+def save_png(pixels: np.ndarray, path: Path, scale: int = 1) -> Path:
+    """Write RGB pixels [H, W, 3] to ``path``, each pixel repeated ``scale`` times in both directions (a picture
+    of at most :data:`md4.limits.MAX_PICTURE_SIDE` pixels a side)."""
+    pixels = scaled(pixels, scale)
     path = Path(path)
     with atomic_output(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")

@@ -7,7 +7,7 @@ tokens fixed in z_1), and the decoded samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ class Generation:
     texts: list[str]
     tokens: torch.Tensor
     nfe: int
+    trajectory: list[torch.Tensor] = field(default_factory=list)  # with sampling option snapshots=N
 
 
 def infill_template(text: str, hole: str, tokenizer, mask_id: int) -> list[int]:
@@ -117,4 +118,4 @@ def generate(
     device = next(model.parameters()).device
     with autocast(device, precision):
         out = sample(model, None if init is not None else num, shape=shape, init=init, labels=labels, **sampling)
-    return Generation(codec.decode_batch(out.tokens.cpu()), out.tokens, out.nfe)
+    return Generation(codec.decode_batch(out.tokens.cpu()), out.tokens, out.nfe, out.trajectory)
