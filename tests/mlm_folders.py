@@ -39,14 +39,14 @@ def save_masked_lm(folder: Path, family: str = "bert", extra_rows: int = 0, toke
 
     tokenizer = tokenizer or wordpiece_tokenizer()
     ids = {f"{n}_token_id": tokenizer.convert_tokens_to_ids(f"[{n.upper()}]") for n in ("pad", "cls", "sep")}
-    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, **options}
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+             "max_position_embeddings": 64, **options}  # fmt: skip
     size = len(tokenizer) + extra_rows
     if family == "bert":
-        config = BertConfig(vocab_size=size, max_position_embeddings=64, **shape, pad_token_id=ids["pad_token_id"])
+        config = BertConfig(vocab_size=size, **shape, pad_token_id=ids["pad_token_id"])
     else:
         config = ModernBertConfig(
             vocab_size=size,
-            max_position_embeddings=64,
             **shape,
             **ids,
             bos_token_id=ids["cls_token_id"],

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from cli_runs import TINY_TEXT as TEXT_TINY
 from cli_runs import cli, one_error
+from mlm_folders import save_masked_lm
 from PIL import Image
 
 from md4 import distributed
@@ -286,8 +287,9 @@ def test_every_example_in_the_readme_parses_and_its_config_is_valid(tmp_path, mo
     examples = md4_examples()
     assert len(examples) > 30
     parser = build_parser()
+    bert = str(save_masked_lm(tmp_path / "bert", max_position_embeddings=512))  # the README's BERT_DIR: a real (tiny) masked LM's folder
     for argv in examples:
-        args = parser.parse_args(argv)
+        args = parser.parse_args([arg.replace("BERT_DIR", bert) for arg in argv])
         if args.command == "train" and not args.resume:
             build_config(args.preset, args.overrides, data=args.data)  # every key and value is valid
         if args.command == "demo":
