@@ -140,6 +140,7 @@ def test_help_explains_every_option(capsys):
     assert "--top-p" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~35 s; tests/test_demo.py runs the demo's flows in the default suite
 def test_demo_trains_samples_evaluates_and_can_rerun(tmp_path, capsys, monkeypatch, shakespeare_cache):
     monkeypatch.setenv("MD4_CACHE_DIR", str(shakespeare_cache))
     out_dir = tmp_path / "demo"
