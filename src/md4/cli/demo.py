@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"test bits/{unit} <= {test.bits_per_token:.3f} ± {test.bits_per_token_stderr:.3f} on {result.test_data}; "
         f"valid {result.valid.bits_per_token:.3f}; {summary['parameters']:,} parameters; "
-        f"{result.training.tokens_per_second:.0f} train tokens/s; {summary['steps']:,} steps"
-        f"{' (planned for the time limit)' if summary['planned_steps'] is not None else ''}; "
+        f"{result.training.tokens_per_second:.0f} train tokens/s; {steps_made(summary)}; "
         f"{summary['wall_seconds']:.0f} s in all"
     )
     print(
@@ -62,3 +61,13 @@ def print_samples(result: DemoResult, images: bool) -> None:
     unconditional, prompted = result.outputs["sample_unconditional"], result.outputs["sample_prompted"]
     print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")
     print(f"the prompted sample's reverse process: {result.outputs['animation']}")
+
+
+def steps_made(summary: dict) -> str:
+    """The steps the demo trained, and how they relate to a time limit's plan."""
+    steps, planned = summary["steps"], summary["planned_steps"]
+    if planned is None:
+        return f"{steps:,} steps"
+    if steps < planned:
+        return f"{steps:,} of the {planned:,} steps planned for the time limit (the machine slowed down)"
+    return f"{steps:,} steps (planned for the time limit)"
