@@ -66,7 +66,7 @@ def assert_same_parameters(a_dir: Path, b_dir: Path) -> None:
         assert torch.allclose(a.ema[key], b.ema[key], rtol=1e-4, atol=1e-6), key
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])  # DDP also in test_hf_mlm's slow set
 def test_two_processes_reach_the_parameters_of_one(corpus, tmp_path, parallel):
     """Two ranks over gloo with the global batch split in two (and two micro-batches each, gradients reduced
     after the second) reach the one-process parameters and validation bound, whether the model is replicated
@@ -91,7 +91,8 @@ def test_two_processes_reach_the_parameters_of_one(corpus, tmp_path, parallel):
     assert steps.count(6) == 2  # the train and valid lines of the last step, once each
 
 
-@pytest.mark.parametrize("parallel", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])  # one checkpoint format
+@pytest.mark.slow  # ~30 s: two process groups; the default suite keeps DDP's and FSDP2's own runs
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])  # one checkpoint format
 def test_resume_on_another_number_of_processes(corpus, tmp_path, parallel):
     """Three steps on two processes, then three more on one, land where six steps on one process land."""
     split = tmp_path / "split"

@@ -67,6 +67,7 @@ def test_a_step_that_unmasks_nothing_calls_no_network(oracle, time_independent):
     assert out.nfe <= 4 and out.tokens.max() < 3
 
 
+@pytest.mark.slow  # ~40 s on 2 cores; test_contracts checks the reuse of mu for a time-independent network fast
 def test_skipping_calls_keeps_the_joint_for_a_time_dependent_network(oracle):
     n = 20000
     out = sample(model_of(lambda z, t: oracle(z, t), "cosine"), n, shape=(4,), steps=1000, seed=4)
