@@ -293,10 +293,16 @@ def own_dataset(run_dir: str | os.PathLike, config: Config, data: str | None = N
     return dataset_of(cached_run_data(files.source, Path(run_dir)), config.data.seq_len)
 
 
-def check_weights_fit(config: Config, spec: DataSpec, weights: Path) -> None:
+def check_weights_fit(
+    config: Config,
+    spec: DataSpec,
+    weights: Path,
+    described_by: str = "that config.json and data.json describe",
+    fix: str = "were those files edited? Restore them.",
+) -> None:
     """Refuse a checkpoint whose tensors (read from the safetensors header alone) are not those of the model the
     config and spec describe, before that model is built: a crafted or edited ``config.json`` then allocates
-    nothing."""
+    nothing. ``described_by`` and ``fix`` finish the error sentence."""
     expected = config.plan().weight_shapes(spec)
     found = weight_shapes(weights)
     if found != expected:
@@ -304,9 +310,8 @@ def check_weights_fit(config: Config, spec: DataSpec, weights: Path) -> None:
             name for name in sorted(found) if found[name] != expected[name]
         )
         raise RunError(
-            f"The weights in {weights} do not fit the model that config.json and data.json describe ({name}: "
-            f"{found.get(name, 'absent')} in the file, {expected.get(name, 'absent')} in the config); "
-            "were those files edited? Restore them."
+            f"The weights in {weights} do not fit the model {described_by} ({name}: "
+            f"{found.get(name, 'absent')} in the file, {expected.get(name, 'absent')} in the config); {fix}"
         )
 
 

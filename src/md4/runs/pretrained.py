@@ -29,13 +29,14 @@ from safetensors.torch import load_file, save_file
 from md4.data import Codec
 from md4.device import resolve_device
 from md4.files import atomic_output, write_atomic
-from md4.runs.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, weight_shapes
+from md4.runs.checkpoints import CheckpointError, find_checkpoint, read_checkpoint
 from md4.runs.directory import (
     LoadedRun,
     RunError,
     RunFiles,
     check_finite,
     check_links,
+    check_weights_fit,
     checked_files,
     is_run,
     load_run,
@@ -121,18 +122,10 @@ def is_export(folder: Path) -> bool:
 
 def _check_fits(files: RunFiles, weights: Path) -> None:
     """Refuse weights whose tensors (the safetensors header alone) are not the model ``files`` describe."""
-    expected = files.config.plan().weight_shapes(files.spec)
     try:
-        found = weight_shapes(weights)
+        check_weights_fit(files.config, files.spec, weights, "its config.json describes", "export the run again.")
     except CheckpointError:
         raise RunError(f"{weights} is not a readable safetensors file; export the run again.") from None
-    if found != expected:
-        name = sorted(set(found) ^ set(expected)) or sorted(n for n in found if found[n] != expected[n])
-        raise RunError(
-            f"The weights in {weights} do not fit the model its config.json describes ({name[0]}: "
-            f"{found.get(name[0], 'absent')} in the file, {expected.get(name[0], 'absent')} in the config); "
-            "export the run again."
-        )
 
 
 def read_export(folder: Path, origin: str | None = None) -> Pretrained:
