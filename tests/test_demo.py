@@ -31,6 +31,7 @@ def test_the_text_demo_trains_evaluates_samples_and_writes_its_summary(tmp_path,
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert summary == result.summary and summary["test_bits_per_char"] == result.test.bits_per_token
     assert summary["valid_bits_per_char"] == result.valid.bits_per_token
+    assert 0 <= summary["samples_known_word_share"] <= 1 and 0.8 < summary["test_known_word_share"] <= 1
     assert list(summary)[-4:] == ["sample_unconditional", "sample_prompted", "animation", "wall_seconds"]
     assert result.outputs["animation"] == str(tmp_path / "demo" / "demo-reverse.svg")
     svg = ElementTree.parse(tmp_path / "demo" / "demo-reverse.svg").getroot()
@@ -49,7 +50,7 @@ def test_the_image_demo_draws_its_pictures(conditional, tmp_path, monkeypatch, r
     assert list(result.outputs) == ["class_grid", "unconditional_grid", "strip", "animation", "infill"]
     side = 4 * 8  # a digit at the demo's scale
     for name in ("class_grid", "unconditional_grid"):
-        with Image.open(result.outputs[name]) as grid:  # ten rows (a class each) of eight
+        with Image.open(result.outputs[name]) as grid:  # ten rows (a class each) of ten
             assert grid.size == (PER_CLASS * (side + 4 * GAP) - 4 * GAP, 10 * (side + 4 * GAP) - 4 * GAP), name
     with Image.open(result.outputs["class_grid"]) as grid, Image.open(result.outputs["animation"]) as gif:
         assert gif.size == (grid.width // 2, grid.height // 2) and gif.n_frames >= 2  # drawn at half the scale
@@ -57,4 +58,11 @@ def test_the_image_demo_draws_its_pictures(conditional, tmp_path, monkeypatch, r
         assert gif.convert("RGB").tobytes() == grid.convert("RGB").resize(gif.size, Image.Resampling.NEAREST).tobytes()
     with Image.open(result.outputs["infill"]) as panel:  # the digit, its masked half, six completions
         assert panel.size == (8 * (side + 4 * GAP) - 4 * GAP, side)
-    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["infill"] == result.outputs["infill"]
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert summary["infill"] == result.outputs["infill"]
+    if conditional:  # the class grid judged by a classifier of the training digits
+        judged = result.class_accuracy
+        assert judged.per_class == PER_CLASS and len(judged.named) == 10 and judged.judge_test_accuracy > 0.5
+        assert summary["class_accuracy"] == judged.to_dict()
+    else:
+        assert result.class_accuracy is None and "class_accuracy" not in summary

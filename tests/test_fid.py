@@ -184,13 +184,25 @@ def test_fid_refuses_a_text_run(corpus, tmp_path, capsys):
 def test_the_suite_of_an_image_run_measures_fid_and_keeps_the_reason_it_could_not(digits_run, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)  # as if not installed
     options = ["--suite", "--fid", 4, "--fid-steps", 2, "--fid-references", 20, "--max-batches", 1, "--no-progress"]
+    options += ["--class-accuracy", 2, "--class-steps", 2]
     code, out, err = cli(capsys, "eval", digits_run, *options)
     results = json.loads((digits_run / "eval.json").read_text())
     assert code == 0, err
     assert "continuous" in results and "fid" not in results and "gen_ppl" not in results
     assert "pip install md4[fid]" in results["not_measured"]["FID and KID"]  # the Inception path's own sentence
     assert set(results["not_measured"]) == {"FID and KID", "generative perplexity", "zero-shot perplexity"}
+    assert results["class_accuracy"]["per_class"] == 2 and "## Class accuracy" in out  # a conditional run's
     code, out, err = cli(capsys, "eval", digits_run, *options, "--fid-features", RANDOM_CONV, "--fid-precision", "fp32")
     results, report = json.loads((digits_run / "eval.json").read_text()), (digits_run / "eval.md").read_text()
     assert code == 0 and results["fid"]["samples"] == 4 and results["fid"]["references"] == 20
     assert "## Image sample quality" in report and f"{results['fid']['fid']:.4g}" in report and report in out
+
+
+def test_md4_eval_reports_the_class_accuracy_of_a_conditional_run(digits_run, capsys):
+    code, out, err = cli(capsys, "eval", digits_run, "--class-accuracy", 2, "--class-steps", 4, "--json")
+    assert code == 0, err
+    report = json.loads(out)["class_accuracy"]
+    assert report["per_class"] == 2 and len(report["named"]) == 10 and 0 <= sum(report["named"]) <= 20
+    assert report["accuracy"] == sum(report["named"]) / 20 and report["judge_test_accuracy"] > 0.5
+    code, out, err = cli(capsys, "eval", digits_run, "--class-accuracy", 0)
+    assert code == 2 and "--class-accuracy must be a positive integer" in last_error(err)

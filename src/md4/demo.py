@@ -13,22 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, load_preset
 from md4.evaluate import BoundEstimate, evaluate_run, unit_of
 from md4.generation import animation, pictures
 from md4.generation.images import fill_image, sample_grid
 from md4.generation.text import generate
 from md4.held_out import held_out_batches
+from md4.quality.class_accuracy import ClassAccuracy, class_accuracy, run_judge
+from md4.quality.corpus import reference_sequences, run_corpus, split_tokens
+from md4.quality.words import known_word_share, vocabulary
 from md4.runs.directory import LoadedRun, is_run, load_run, resume_config
 from md4.sampling.labels import class_labels
 from md4.training.trainer import Trainer, TrainResult, build_trainer
 
 DEMO_PROMPT = "ROMEO:"
-PER_CLASS = 8  # image demo: samples of each class, a row each (and the width of the unconditional grid)
+PER_CLASS = 10  # image demo: samples of each class, a row each (and the width of the unconditional grid)
 UNCONDITIONAL_ROWS = 10  # image demo of an unconditional model: rows of the grids
 COMPLETIONS = 6  # image demo: completions of the infilled test image
 SCALE = 4  # image demo: pixel size in the PNGs
 ANIMATION_SCALE = 2  # image demo: pixel size in the reverse process's GIF (a smaller file)
+WORD_SAMPLES = 16  # text demo: samples whose words are looked up in the training text
 
 
 @dataclass
@@ -44,6 +51,7 @@ class DemoResult:
     test_data: str = ""  # the test split, described
     outputs: dict[str, str] = field(default_factory=dict)  # text: the samples; images: the paths of the PNGs
     preview: str = ""  # images: the first class's first sample as text
+    class_accuracy: ClassAccuracy | None = None  # images of a class-conditional model: the class grid, judged
 
     @property
     def interrupted(self) -> bool:
@@ -109,9 +117,13 @@ def run_demo(
         "test_sequences": result.test.num_sequences,
     }
     if images:
-        result.outputs, result.preview = demo_images(run, run_dir)
+        result.outputs, result.preview, grid = demo_images(run, run_dir)
+        if run.model.num_classes is not None:
+            result.class_accuracy = judge_class_grid(run, grid)
+            result.summary["class_accuracy"] = result.class_accuracy.to_dict()
     else:
         result.outputs = demo_texts(run, run_dir)
+        result.summary.update(word_shares(run))
     result.summary.update(result.outputs)
     result.summary["wall_seconds"] = round(time.time() - start, 1)
     (run_dir / "demo.json").write_text(json.dumps(result.summary, indent=2))
@@ -121,23 +133,35 @@ def run_demo(
 def demo_texts(run: LoadedRun, run_dir: Path) -> dict[str, str]:
     """The text demo's samples: one unconditional, one prompted with :data:`DEMO_PROMPT`, whose reverse process is
     drawn as ``demo-reverse.svg``."""
-    model, steps = run.model, run.config.sample.steps
+    model, settings = run.model, run.config.sample.options()
     labels = class_labels(model.num_classes, 1, device=next(model.parameters()).device)
-    (unconditional,) = generate(model, run.codec, 1, labels=labels, seed=0, steps=steps).texts
+    (unconditional,) = generate(model, run.codec, 1, labels=labels, seed=0, **settings).texts
     snapshots = animation.text_snapshots(model.data_shape[0])
-    prompted = generate(
-        model, run.codec, 1, labels=labels, seed=1, steps=steps, prompt=DEMO_PROMPT, snapshots=snapshots
-    )
+    prompted = generate(model, run.codec, 1, labels=labels, seed=1, prompt=DEMO_PROMPT, snapshots=snapshots, **settings)
     path = animation.save_text_animation(
         run_dir / "demo-reverse.svg", run.codec, prompted.trajectory, int(model.vocab_size)
     )
     return {"sample_unconditional": unconditional, "sample_prompted": prompted.texts[0], "animation": str(path)}
 
 
-def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str]:
+def word_shares(run: LoadedRun) -> dict[str, float]:
+    """The share of the words of :data:`WORD_SAMPLES` samples that occur in the training text, and the same share of
+    the test split's first :data:`WORD_SAMPLES` sequences (:mod:`md4.quality.words`)."""
+    prepared, length = run_corpus(run), run.model.data_shape[0]
+    known = vocabulary(run.codec.decode(np.asarray(split_tokens(prepared, "train"), dtype=np.int64)))
+    samples = generate(run.model, run.codec, WORD_SAMPLES, seed=2, **run.config.sample.options()).texts
+    real = reference_sequences(split_tokens(prepared, "test"), WORD_SAMPLES, length)
+    return {
+        "samples_known_word_share": round(known_word_share(samples, known), 4),
+        "test_known_word_share": round(known_word_share([run.codec.decode(row) for row in real], known), 4),
+    }
+
+
+def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str, torch.Tensor]:
     """The image demo's pictures: a grid with a row per class, an unconditional grid (guidance 0), the reverse
     process of a sample of each class as a strip and of the whole class grid as a GIF, and completions of the bottom
-    half of a test image; their paths, and the first sample as text. An unconditional model draws both grids unconditionally."""
+    half of a test image; their paths, the first sample as text, and the class grid's tokens. An unconditional
+    model draws both grids unconditionally."""
     codec, model = run.codec, run.model
     conditional = model.num_classes is not None
     options: dict[str, Any] = {
@@ -166,4 +190,12 @@ def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str]:
     labels = image_labels.expand(COMPLETIONS).to(device) if conditional else None
     filled = fill_image(model, codec, images[0], COMPLETIONS, labels=labels, steps=options["steps"], seed=0)
     paths["infill"] = pictures.save_png(filled.picture, run_dir / "demo-infill.png", SCALE)
-    return {name: str(path) for name, path in paths.items()}, codec.decode(grid.output.tokens[0].cpu())
+    tokens = grid.output.tokens
+    return {name: str(path) for name, path in paths.items()}, codec.decode(tokens[0].cpu()), tokens
+
+
+def judge_class_grid(run: LoadedRun, tokens: torch.Tensor) -> ClassAccuracy:
+    """How many of each row of the class grid (tokens [classes * PER_CLASS, H, W, C]) a classifier trained on the
+    run's own images names as the row's class (:mod:`md4.quality.class_accuracy`)."""
+    labels = class_labels(run.model.num_classes, len(tokens), PER_CLASS)
+    return class_accuracy(run_judge(run), tokens.cpu().numpy(), labels)

@@ -8,7 +8,7 @@ import sys
 from md4.cli.banner import describe
 from md4.cli.exit_codes import EXIT_SIGNAL
 from md4.cli.options import add_minutes_option, minutes_override
-from md4.demo import DEMO_PROMPT, DemoResult, run_demo
+from md4.demo import DEMO_PROMPT, WORD_SAMPLES, DemoResult, run_demo
 
 
 def add_parser(subparsers) -> None:
@@ -57,10 +57,23 @@ def print_samples(result: DemoResult, images: bool) -> None:
         print(f"\n=== a sample of each class ===\n{result.preview}\n")
         for name, path in result.outputs.items():
             print(f"{name}: {path}")
+        judged = result.class_accuracy
+        if judged is not None:
+            named = " ".join(str(count) for count in judged.named)
+            print(
+                f"class grid: {sum(judged.named)} of {judged.per_class * len(judged.named)} samples named as their "
+                f"row's class (per class 0-9: {named}) by a classifier of the training digits "
+                f"({judged.judge_test_accuracy:.1%} right on the test digits)"
+            )
         return
     unconditional, prompted = result.outputs["sample_unconditional"], result.outputs["sample_prompted"]
     print(f"\n=== unconditional sample ===\n{unconditional}\n\n=== prompted sample ({DEMO_PROMPT!r}) ===\n{prompted}\n")
     print(f"the prompted sample's reverse process: {result.outputs['animation']}")
+    summary = result.summary
+    print(
+        f"words: {summary['samples_known_word_share']:.0%} of the words of {WORD_SAMPLES} samples occur in the "
+        f"training text ({summary['test_known_word_share']:.0%} of the test text's do)"
+    )
 
 
 def steps_made(summary: dict) -> str:

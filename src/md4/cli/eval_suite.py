@@ -1,5 +1,6 @@
 """``md4 eval RUN --suite``: every measurement that applies to the run (the bounds; generative perplexity and entropy
-of text samples; zero-shot perplexity of a GPT-2-tokenised run; FID and KID of image samples), written into the run
+of text samples; zero-shot perplexity of a GPT-2-tokenised run; FID and KID of image samples and the class
+accuracy of a class-conditional run's), written into the run
 as ``eval.json`` and ``eval.md`` (:mod:`md4.quality.report`) and printed."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from md4.quality.zero_shot_corpora import CORPORA
 # FID that ranks runs on a CPU (papers use 50,000; --fid N sets it)
 SUITE_SAMPLERS = ("ancestral", "top_p", "exact")
 SUITE_FID_SAMPLES = 1000
+SUITE_CLASS_SAMPLES = 10  # of each class, for the class accuracy of a class-conditional image run
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -37,11 +39,16 @@ def select(args: argparse.Namespace, loaded) -> dict[str, str]:
     if image:
         skipped["generative perplexity"] = "an image run; FID and KID measure its samples"
         args.fid = args.fid or SUITE_FID_SAMPLES
+        if loaded.model.num_classes is None:
+            skipped["class accuracy"] = "an unconditional run; its samples have no class to check"
+        else:
+            args.class_accuracy = args.class_accuracy or SUITE_CLASS_SAMPLES
     else:
         args.gen_ppl = True
         declared = loaded.model.samplers if isinstance(loaded.model, ModelKindContract) else None
         args.sampler = args.sampler or ",".join(declared or SUITE_SAMPLERS)
         skipped["FID and KID"] = "a text run; generative perplexity measures its samples"
+        skipped["class accuracy"] = "a text run; it has no image classes"
     if isinstance(loaded.codec, GPT2Tokenizer):
         args.zero_shot = args.zero_shot or ",".join(CORPORA)
     else:

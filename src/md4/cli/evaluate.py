@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from md4.cli import eval_fid, eval_gen_ppl, eval_suite, eval_zero_shot
+from md4.cli import eval_class_accuracy, eval_fid, eval_gen_ppl, eval_suite, eval_zero_shot
 from md4.cli.options import add_model_options, batch_progress, positive
 from md4.core.kind_contract import EXACT
 from md4.device import PRECISIONS, use_tf32
@@ -51,6 +51,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network arithmetic (default: %(default)s)")
     add_model_options(p)
     eval_fid.add_options(p)
+    eval_class_accuracy.add_options(p)
     p.add_argument(
         "--bounds", action="store_true", help="also compute the bounds when a quality measurement below is asked for"
     )
@@ -68,6 +69,7 @@ MEASUREMENTS = (
     ("gen_ppl", "generative perplexity", eval_gen_ppl),
     ("zero_shot", "zero-shot perplexity", eval_zero_shot),
     ("fid", "FID and KID", eval_fid),
+    ("class_accuracy", "class accuracy", eval_class_accuracy),
 )
 QUALITY_OPTIONS = tuple(key for key, _, _ in MEASUREMENTS)
 
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "micro_batch", "steps", "max_batches", "draws"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name))
     eval_fid.check(args)
+    eval_class_accuracy.check(args)
     loaded = from_pretrained(args.run, device=args.device, use_ema=not args.no_ema, step=args.checkpoint)
     use_tf32(next(loaded.model.parameters()).device, not args.no_tf32)
     weights = "raw" if args.no_ema else "EMA"

@@ -119,7 +119,30 @@ def fid_section(report: dict[str, Any]) -> list[str]:
     ]
 
 
-SECTIONS = {"gen_ppl": gen_ppl_section, "zero_shot": zero_shot_section, "fid": fid_section}
+def class_accuracy_section(report: dict[str, Any]) -> list[str]:
+    """How many samples of each class a classifier of the run's images names as their class."""
+    row = [f"{report['per_class']} (guidance {report['guidance']:g}, NFE {report['nfe']})"]
+    row += [str(count) for count in report["named"]] + [f"{report['accuracy']:.3f}"]
+    classes = [str(label) for label in range(len(report["named"]))]
+    return [
+        "## Class accuracy",
+        "",
+        *_table(["samples of each class", *classes, "accuracy"], [row]),
+        "",
+        (
+            "The judge, a small classifier trained on the run's training images, names "
+            f"{report['judge_test_accuracy']:.1%} of its test images right."
+        ),
+        "",
+    ]
+
+
+SECTIONS = {
+    "gen_ppl": gen_ppl_section,
+    "zero_shot": zero_shot_section,
+    "fid": fid_section,
+    "class_accuracy": class_accuracy_section,
+}
 
 
 def markdown(results: dict[str, Any]) -> str:
