@@ -32,6 +32,8 @@ swallow small probabilities in float32, and the step probabilities, where a_s - 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from md4.core.ar import AUTOREGRESSIVE, Autoregressive
@@ -42,7 +44,7 @@ from md4.sampling.confident import ConfidentSampler
 from md4.sampling.draws import categorical, nucleus, prefix_init, time_grid
 from md4.sampling.exact import ExactSampler, next_unmask_time
 from md4.sampling.grid import GridSampler, Sampler, ancestral_step, mean_step
-from md4.sampling.network import Diffusion, Network, Trajectory
+from md4.sampling.network import Diffusion, Network, StepObserver, Trajectory
 from md4.sampling.options import (
     CATEGORICAL,
     DEFAULT_CATEGORICAL,
@@ -117,6 +119,7 @@ def sample(
     labels: torch.Tensor | None = None,
     guidance: float = DEFAULT_GUIDANCE,
     snapshots: int = 0,
+    on_step: Callable[[torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     device: torch.device | str | None = None,
@@ -141,6 +144,9 @@ def sample(
         guidance: classifier-free guidance weight: 1 conditions on the labels, 0 ignores them, > 1 follows them
             more closely (needs a model trained with label dropout).
         snapshots: keep this many states of the reverse process, from all-mask to the samples (for a picture).
+        on_step: called with a copy of z after each step that changes it (mask id V where still masked), so the
+            last call's z equals the returned tokens; for every sampler (a live view: ``md4 serve``). An
+            exception it raises stops sampling and propagates (a way to cancel).
         generator / seed: the source of randomness (one of them, or neither for the global RNG).
 
     Returns:
@@ -176,11 +182,12 @@ def sample(
         _check_labels(labels, model.num_classes, z.shape[0])
     generator = _resolve_generator(generator, seed, z.device)
     trajectory = Trajectory(snapshots, mask_id)
+    observe = trajectory if on_step is None else StepObserver(trajectory, on_step)
     if in_order:
-        tokens, nfe = left_to_right(model, z, options, generator, trajectory)
+        tokens, nfe = left_to_right(model, z, options, generator, observe)
         return SampleOutput(tokens=tokens, nfe=nfe, trajectory=trajectory.states)
     net = Network(model, labels, guidance)
-    tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, trajectory)
+    tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, observe)
     return SampleOutput(tokens=tokens, nfe=net.nfe, trajectory=trajectory.states)
 
 
