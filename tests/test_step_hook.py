@@ -89,8 +89,10 @@ def test_generate_and_the_image_helpers_pass_on_step_on(oracle):
     out = generate(model, CharTokenizer("abc"), 2, prompt="a", steps=8, seed=0, on_step=seen.append)
     assert torch.equal(seen[-1], out.tokens) and out.texts[0].startswith("a")
 
-    flat = lambda z, t: oracle(z.reshape(len(z), -1), t).reshape(*z.shape, V)  # noqa: E731 (2 x 2 pixels as 4)
-    picture = MD4(flat, V, data_shape=(2, 2, 1))
+    def pixels(z, t):  # 2 x 2 pixels as the oracle's 4 tokens
+        return oracle(z.reshape(len(z), -1), t).reshape(*z.shape, V)
+
+    picture = MD4(pixels, V, data_shape=(2, 2, 1))
     picture.anchor_parameter = nn.Parameter(torch.zeros(1))
     codec = ImageCodec(2, 2, 1, levels=V)
     frames: list[torch.Tensor] = []
