@@ -69,18 +69,33 @@ class ServedRun:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def defaults(self, limits: Limits) -> dict[str, Any]:
+        """The controls' starting values: the run's ``[sample]`` settings (as ``md4 sample`` uses them), within
+        the limits."""
+        recorded = self.loaded.config.run_sampling
+        sampler = recorded.sampler or default_sampler(self.model)
+        sampler = sampler if sampler in self.samplers else self.samplers[0]
+        return {
+            "sampler": sampler,
+            "steps": min(recorded.steps, limits.steps),
+            "grid": recorded.grid,
+            "top_p": recorded.top_p or (1.0 if sampler == AUTOREGRESSIVE else DEFAULT_TOP_P),
+            "length": None if self.images else min(self.model.data_shape[0], limits.length),
+        }
+
     def settings(self, fields: Fields, limits: Limits) -> Settings:
-        """The request's sampler, steps, grid, top-p and seed, refused in one sentence where out of range."""
-        sampler = fields.choice("sampler", self.samplers)
-        steps = fields.integer("steps", 1, limits.steps)
-        grid = fields.choice("grid", GRIDS)
-        top_p = fields.number("top_p", 0.0, 1.0, above_low=True) if sampler in ("top_p", AUTOREGRESSIVE) else None
+        """The request's sampler, steps, grid, top-p and seed (each the run's own when left out), refused in one
+        sentence where out of range."""
+        defaults = self.defaults(limits)
+        sampler = fields.choice("sampler", self.samplers, defaults["sampler"])
+        steps = fields.integer("steps", 1, limits.steps, defaults["steps"])
+        grid = fields.choice("grid", GRIDS, defaults["grid"])
+        uses_top_p = sampler in ("top_p", AUTOREGRESSIVE)
+        top_p = fields.number("top_p", 0.0, 1.0, defaults["top_p"], above_low=True) if uses_top_p else None
         return Settings(sampler, steps, grid, top_p, fields.integer("seed", 0, MAX_SEED, 0))
 
     def describe(self, index: int, limits: Limits) -> dict[str, Any]:
         """What the page needs to show this run's controls."""
-        recorded = self.loaded.config.run_sampling
-        sampler = recorded.sampler or default_sampler(self.model)
         shape = list(self.model.data_shape)
         return {
             "index": index,
@@ -94,13 +109,7 @@ class ServedRun:
                 {"name": n, "about": describe_sampler(n), "steps": uses_steps(n), "grid": uses_grid(n)}
                 for n in self.samplers
             ],
-            "defaults": {
-                "sampler": sampler if sampler in self.samplers else self.samplers[0],
-                "steps": min(recorded.steps, limits.steps),
-                "grid": recorded.grid,
-                "top_p": recorded.top_p or (1.0 if sampler == AUTOREGRESSIVE else DEFAULT_TOP_P),
-                "length": min(shape[0], limits.length) if not self.images else None,
-            },
+            "defaults": self.defaults(limits),
             "infill": AUTOREGRESSIVE not in self.samplers,
             "test_images": [{"png": png_data_url(self.loaded.codec, t), "label": y} for t, y in self.test_images],
             "test_note": self.test_note,
