@@ -161,6 +161,7 @@ def test_an_uploaded_picture_is_converted_in_memory_to_the_model_s_size_and_leve
         ("1/images", {**SETTINGS, "mode": "infill", "test": 12}, 400, "test must be a whole number from 0 to 11"),
         ("1/upload", {"png": "bm90IGEgcGljdHVyZQ=="}, 400, "The upload is not a picture md4 can read; upload a PNG."),
         ("1/upload", {"png": "%%%"}, 400, "The upload is not base64 data"),
+        ("1/upload", {"invert": True}, 400, "The request has no picture"),
         ("2/text", SETTINGS, 404, "There is no run 2; this server has runs 0 to 1."),
     ],
 )

@@ -32,13 +32,14 @@ def add_parser(subparsers) -> None:
         "--port", type=int, default=8000, help="port to listen on, 0 for any free one (default: %(default)s)"
     )
     limits = p.add_argument_group("limits of one request (so that one browser tab cannot exhaust the machine)")
-    limits.add_argument("--max-length", type=int, default=DEFAULT_LIMITS.length, help="tokens of a text sample")
-    limits.add_argument("--max-steps", type=int, default=DEFAULT_LIMITS.steps, help="reverse steps")
-    limits.add_argument("--max-samples", type=int, default=DEFAULT_LIMITS.samples, help="samples or images in a job")
-    limits.add_argument(
-        "--max-request-bytes", type=int, default=DEFAULT_LIMITS.request_bytes, help="a request's size, uploads included"
-    )
-    limits.add_argument("--max-jobs", type=int, default=DEFAULT_LIMITS.jobs, help="jobs at once; more are told to wait")
+    for flag, default, about in (
+        ("--max-length", DEFAULT_LIMITS.length, "tokens of a text sample"),
+        ("--max-steps", DEFAULT_LIMITS.steps, "reverse steps"),
+        ("--max-samples", DEFAULT_LIMITS.samples, "text samples, or images, in a job"),
+        ("--max-request-bytes", DEFAULT_LIMITS.request_bytes, "a request's size, an uploaded picture included"),
+        ("--max-jobs", DEFAULT_LIMITS.jobs, "jobs at once; another request is answered 429, busy"),
+    ):
+        limits.add_argument(flag, type=int, default=default, metavar="N", help=f"{about} (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.set_defaults(func=run)

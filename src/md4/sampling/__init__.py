@@ -162,22 +162,7 @@ def sample(
     _check_in_order(model, in_order, temperature, guidance)
     chosen = None if in_order else get_sampler(sampler)
     mask_id = int(model.vocab_size)
-    shape = shape or model.data_shape
-    if init is not None:
-        check_tokens(init, model.vocab_size, allow_mask=True, name="init")
-        if num_samples is not None and tuple(init.shape) != (num_samples, *(shape or init.shape[1:])):
-            raise ValueError(
-                f"init has shape {tuple(init.shape)} but {num_samples} samples of shape {shape} were asked for; "
-                "pass init alone."
-            )
-        z = init.clone().long()
-    else:
-        if num_samples is None or shape is None:
-            raise ValueError("Pass num_samples (and shape, unless the model has a data_shape), or init.")
-        if int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
-        device = torch.device(device) if device is not None else _model_device(model)
-        z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
+    z = _start(model, num_samples, shape or model.data_shape, init, device)
     if labels is not None:
         _check_labels(labels, model.num_classes, z.shape[0])
     generator = _resolve_generator(generator, seed, z.device)
@@ -189,6 +174,24 @@ def sample(
     net = Network(model, labels, guidance)
     tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, observe)
     return SampleOutput(tokens=tokens, nfe=net.nfe, trajectory=trajectory.states)
+
+
+def _start(model: Diffusion, num_samples: int | None, shape, init: torch.Tensor | None, device) -> torch.Tensor:
+    """z_1: a copy of ``init`` (checked), or ``num_samples`` all-mask examples of ``shape``."""
+    if init is not None:
+        check_tokens(init, model.vocab_size, allow_mask=True, name="init")
+        if num_samples is not None and tuple(init.shape) != (num_samples, *(shape or init.shape[1:])):
+            raise ValueError(
+                f"init has shape {tuple(init.shape)} but {num_samples} samples of shape {shape} were asked for; "
+                "pass init alone."
+            )
+        return init.clone().long()
+    if num_samples is None or shape is None:
+        raise ValueError("Pass num_samples (and shape, unless the model has a data_shape), or init.")
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
+    device = torch.device(device) if device is not None else _model_device(model)
+    return torch.full((int(num_samples), *shape), int(model.vocab_size), dtype=torch.long, device=device)
 
 
 def _check_labels(labels: torch.Tensor, classes: int | None, num_samples: int) -> None:

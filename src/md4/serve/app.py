@@ -128,6 +128,8 @@ class Server:
             run, fields = await self.read(request)
             if not run.images:
                 raise RequestError(f"{run.name} is a text run; it takes no pictures.")
+            if not isinstance(fields.body.get("png"), str):
+                raise RequestError("The request has no picture; send it as png, base64 (a data: URL is fine).")
             tokens = source_image(run, fields, self.limits)
             return JSONResponse({"png": png_data_url(run.loaded.codec, tokens)})
         except ValueError as err:

@@ -224,6 +224,7 @@ function imageModeChanged() {
 
 function chooseSource(source, png, button) {
   state.source = source;
+  state.picture = null;
   for (const thumb of $("test-images").children) thumb.classList.toggle("active", thumb === button);
   const img = new Image();
   img.onload = () => {
