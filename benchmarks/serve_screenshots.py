@@ -29,9 +29,9 @@ ARGS = [
     "--disable-sync",
 ]
 TEMPLATE = (
-    "ROMEO:\nBut soft, what light through ______ window breaks?\nIt is the ____, and Juliet is the ___.\n\n"
-    "JULIET:\n______________________________________"
+    "ROMEO:\nBut soft, what light through ______ window breaks?\nIt is the ____, and Juliet is the ___.\n\nJULIET:\n"
 )
+TEMPLATE += "_" * (128 - len(TEMPLATE))  # the shakespeare-char preset's 128 characters
 
 
 def finish(page, steps: int) -> None:

@@ -1,4 +1,4 @@
-"""The web application of ``md4 serve`` (Starlette): the page and its three static files, the runs it offers, and
+"""The web application of ``md4 serve`` (Starlette): the page, its script and style, the runs it offers, and
 the jobs, each a stream of Server-Sent Events.
 
 Routes: ``GET /`` the page; ``GET /static/NAME`` its script and style (a fixed set of the package's files);

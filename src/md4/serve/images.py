@@ -2,9 +2,9 @@
 (one of the run's test images, or an uploaded picture converted in memory to the model's size and levels) in a
 region the user drew; streamed as a picture of the samples every few reverse steps.
 
-Events: ``start`` (the grid's columns and its all-masked picture), ``frame`` (the picture as a PNG data URL and the
-fraction still masked; the first step's at once, later ones at most one each :data:`FRAME_SECONDS`), then ``done``
-(the final picture, network calls, seconds)."""
+Events: ``start`` (the all-masked picture), ``frame`` (the picture as a PNG data URL and the fraction still masked;
+the first step's at once, later ones at most one each :data:`FRAME_SECONDS`), then ``done`` (the final picture,
+network calls, seconds)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class ImageJob:
     def __call__(self, emit: Emit) -> Event:
         """Run the reverse process, emitting the start and the pictures; the ``done`` event."""
         mask_id = self.run.model.mask_id
-        emit({"type": "start", "columns": self.per_row, "frame": self.picture(self.init)})
+        emit({"type": "start", "frame": self.picture(self.init)})
         shown = -math.inf  # the first step is shown at once, later ones at most every FRAME_SECONDS
 
         def on_step(z: torch.Tensor) -> None:

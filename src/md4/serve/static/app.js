@@ -177,7 +177,7 @@ class TextView {
 // ------------------------------------------------------------------ images
 function setUpImages(run) {
   const label = $("label");
-  const options = [new Option("All classes (a row each)", "all")];
+  const options = [new Option("All (a row each)", "all")];
   for (let c = 0; c < (run.classes || 0); c++) options.push(new Option(`${c}`, `${c}`));
   label.replaceChildren(...options);
   $("label-field").hidden = !run.classes;
@@ -217,7 +217,7 @@ function imageMode() {
 function imageModeChanged() {
   const infill = imageMode() === "infill";
   $("infill-source").hidden = !infill;
-  $("label").options[0].text = infill ? "No class" : "All classes (a row each)";
+  $("label").options[0].text = infill ? "No class" : "All (a row each)";
   const perClass = !infill && $("label").value === "all" && state.run.classes;
   $("num-images-label").textContent = infill ? "Completions" : perClass ? "Per class" : "Images";
 }
@@ -325,9 +325,8 @@ function imageRequest() {
 
 function showFrame(event) {
   const out = $("image-out");
-  if (event.columns) state.columns = event.columns;
-  const scale = Math.max(2, Math.min(16, Math.floor(600 / ((state.run.shape[1] + 2) * state.columns))));
-  out.onload = () => {
+  out.onload = () => {  // each pixel a square of 1 to 16 screen pixels, the grid at most 560 x 720
+    const scale = Math.max(1, Math.min(16, Math.floor(560 / out.naturalWidth), Math.floor(720 / out.naturalHeight)));
     out.width = out.naturalWidth * scale;
     out.height = out.naturalHeight * scale;
   };
