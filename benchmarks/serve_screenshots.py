@@ -58,6 +58,7 @@ def main() -> None:
         page.wait_for_selector("#runs button.active")
         page.check("#mode-infill")
         page.fill("#text-input", args.template)
+        page.eval_on_selector("#text-input", "(e) => { e.scrollTop = 0; }")
         page.fill("#num", "2")
         page.select_option("#sampler", "top_p")
         page.fill("#top-p", "0.9")

@@ -105,6 +105,7 @@ def test_an_image_grid_streams_pictures_of_the_grid(client):
     events = events_of(client.post("/api/runs/1/images", json=body))
     assert [events[0]["type"], events[-1]["type"]] == ["start", "done"]
     assert all(e["type"] == "frame" for e in events[1:-1])
+    assert events[0]["caption"] == "A row per class, 0 to 9 from the top (guidance 2)."
     final = Image.open(io.BytesIO(base64.b64decode(events[-1]["frame"].split(",")[1])))
     assert final.size == (8, 10 * 8 + 9 * 2)  # ten rows of one 8x8 image, 2-pixel gaps
 

@@ -2,9 +2,9 @@
 (one of the run's test images, or an uploaded picture converted in memory to the model's size and levels) in a
 region the user drew; streamed as a picture of the samples every few reverse steps.
 
-Events: ``start`` (the all-masked picture), ``frame`` (the picture as a PNG data URL and the fraction still masked;
-the first step's at once, later ones at most one each :data:`FRAME_SECONDS`), then ``done`` (the final picture,
-network calls, seconds)."""
+Events: ``start`` (the all-masked picture and a caption), ``frame`` (the picture as a PNG data URL and the fraction
+still masked; the first step's at once, later ones at most one each :data:`FRAME_SECONDS`), then ``done`` (the
+final picture, network calls, seconds)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class ImageJob:
     guidance: float
     settings: Settings
     per_row: int
+    caption: str  # what the picture shows, in words
 
     def picture(self, z: torch.Tensor) -> str:
         codec = self.run.loaded.codec
@@ -49,7 +50,7 @@ class ImageJob:
     def __call__(self, emit: Emit) -> Event:
         """Run the reverse process, emitting the start and the pictures; the ``done`` event."""
         mask_id = self.run.model.mask_id
-        emit({"type": "start", "frame": self.picture(self.init)})
+        emit({"type": "start", "frame": self.picture(self.init), "caption": self.caption})
         shown = -math.inf  # the first step is shown at once, later ones at most every FRAME_SECONDS
 
         def on_step(z: torch.Tensor) -> None:
@@ -84,6 +85,7 @@ def image_job(run: ServedRun, fields: Fields, limits: Limits) -> ImageJob:
     if classes and picked != ALL_CLASSES and picked is not None:
         picked = fields.integer("label", 0, classes - 1)
     num = fields.integer("num", 1, limits.samples, 1)
+    guided = f"guidance {guidance:g}" if classes else "an unconditional model"
     if fields.choice("mode", ("grid", "infill"), "grid") == "infill":
         given = source_image(run, fields, limits)
         hole = drawn_hole(fields, run.loaded.codec.data_shape)
@@ -91,6 +93,8 @@ def image_job(run: ServedRun, fields: Fields, limits: Limits) -> ImageJob:
         label = classes if picked in (ALL_CLASSES, None) else picked  # no class chosen: the "no label" id
         labels = None if not classes else torch.full((num,), label, dtype=torch.long)
         per_row = min(num, 8)
+        condition = guided if not classes else "no class" if label == classes else f"class {label}, {guided}"
+        caption = f"Completions of the picture on the left, its pink region filled ({condition})."
     elif classes and picked == ALL_CLASSES:
         if num * classes > limits.samples:
             raise RequestError(
@@ -99,13 +103,15 @@ def image_job(run: ServedRun, fields: Fields, limits: Limits) -> ImageJob:
             )
         labels, per_row = torch.arange(classes).repeat_interleave(num), num
         init = torch.full((num * classes, *run.model.data_shape), run.model.mask_id, dtype=torch.long)
+        caption = f"A row per class, 0 to {classes - 1} from the top ({guided})."
     else:
         labels = None if not classes else torch.full((num,), picked, dtype=torch.long)
         init = torch.full((num, *run.model.data_shape), run.model.mask_id, dtype=torch.long)
         per_row = math.ceil(math.sqrt(num))
+        caption = f"Class {picked} ({guided})." if classes else f"Samples of {guided}."
     device = run.device
     labels = None if labels is None else labels.to(device)
-    return ImageJob(run, init.to(device), labels, guidance, settings, per_row)
+    return ImageJob(run, init.to(device), labels, guidance, settings, per_row, caption)
 
 
 def source_image(run: ServedRun, fields: Fields, limits: Limits) -> torch.Tensor:

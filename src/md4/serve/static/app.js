@@ -60,6 +60,7 @@ function selectRun(index) {
   $("top-p").value = run.defaults.top_p;
   $("samples").replaceChildren();
   $("image-out").hidden = true;
+  $("caption").hidden = true;
   $("legend").hidden = true;
   if (run.kind === "text") setUpText(run);
   else setUpImages(run);
@@ -382,6 +383,10 @@ async function generate() {
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
       if (event.type === "start" && run.kind === "text") view = new TextView(event);
       else if (event.type === "start" || event.type === "frame") showFrame(event);
+      if (event.caption) {
+        $("caption").textContent = event.caption;
+        $("caption").hidden = false;
+      }
       if (event.type === "step") {
         view.step(event);
         setStatus(`Sampling… step ${event.step} of at most ${view.planned} · ${seconds} s`);
