@@ -58,3 +58,27 @@ def registry_images(tmp_path_factory):
     for name in ("mnist", "fashion-mnist", "digits"):
         prepare(name, cache_dir=cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tmp_path_factory):
+    """What md4 serve's tests serve, trained once per session (about 10 s): a tiny character model of a small text
+    file and a tiny class-conditional UNet of scikit-learn's digits (8x8, 17 levels), both 2 steps, and the md4
+    cache that holds the digits (their test images). Returns (text run, digits run, cache)."""
+    from cli_runs import TINY_TEXT
+
+    from md4.cli import main
+    from md4.data import prepare
+
+    root = tmp_path_factory.mktemp("serve")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(f"To be, or not to be, that is the question {i}." for i in range(300)))
+    digits = ["model.net=unet", "model.conditional=true", "net.feature_dim=32", "net.n_layers=1"]
+    digits += ["train.batch_size=8", *(key for key in TINY_TEXT if key.startswith("train.") and "batch" not in key)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MD4_CACHE_DIR", str(root / "cache"))
+        prepare("digits", cache_dir=root / "cache")
+        for data, out, overrides in ((corpus, "text", TINY_TEXT), ("digits", "digits", digits)):
+            argv = ["train", "--data", str(data), "--out", str(root / out), "--no-progress", *overrides]
+            assert main([*argv, "train.steps=2"]) == 0
+    return root / "text", root / "digits", root / "cache"

@@ -1,4 +1,4 @@
-"""The ``md4`` command line: train, sample, eval, export, push, data, inspect, presets, the CPU demo and bench.
+"""The ``md4`` command line: train, sample, eval, export, push, data, inspect, presets, the CPU demo, bench and serve.
 
 A thin shell over the library: each command is a module with its parser piece (``add_parser``) and ``run(args)``,
 which parses, calls the library and prints. Here: the parser built from those pieces, and :func:`main`, which turns
@@ -11,11 +11,12 @@ import os
 import sys
 import warnings
 
-from md4.cli import bench, data, demo, evaluate, export, inspect, presets, push, sample, train
+from md4.cli import bench, data, demo, evaluate, export, inspect, presets, push, sample, serve, train
 from md4.cli.exit_codes import EXIT_BAD_INPUT, EXIT_SIGNAL, exit_code_of
 from md4.notices import MD4Warning
 
-COMMANDS = (train, sample, evaluate, export, push, data, inspect, presets, demo, bench)  # in the order `md4 --help` lists them
+# in the order `md4 --help` lists them
+COMMANDS = (train, sample, evaluate, export, push, data, inspect, presets, demo, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

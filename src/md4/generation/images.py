@@ -108,7 +108,8 @@ def sample_grid(
             :mod:`md4.generation.animation`); the strip shows 8 of them, evenly spaced.
         precision: the network's arithmetic: ``auto`` (bf16 where the hardware has fast bf16, else fp32), ``bf16``
             (autocast) or ``fp32``.
-        sampling: options of :func:`md4.sample` (``steps``, ``sampler``, ``grid``, ``guidance``, ``seed``, ...).
+        sampling: options of :func:`md4.sample` (``steps``, ``sampler``, ``grid``, ``guidance``, ``seed``,
+            ``on_step``, ...).
     """
     device = next(model.parameters()).device
     labels = class_labels(model.num_classes, num, per_class, device)

@@ -105,7 +105,7 @@ def generate(
         precision: the network's arithmetic: ``auto`` (bf16 where the hardware has fast bf16, else fp32), ``bf16``
             (autocast) or ``fp32``; draws stay float64 by default.
         sampling: options of :func:`md4.sample` (``steps``, ``sampler``, ``grid``, ``top_p``, ``categorical``,
-            ``temperature`` for an ar model, ``seed`` or ``generator``).
+            ``temperature`` for an ar model, ``seed`` or ``generator``, ``on_step`` to watch each step).
     """
     if int(num) != num or num < 1:
         raise ValueError(f"num must be a positive integer, got {num}.")

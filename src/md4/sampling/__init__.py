@@ -32,6 +32,8 @@ swallow small probabilities in float32, and the step probabilities, where a_s - 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from md4.core.ar import AUTOREGRESSIVE, Autoregressive
@@ -42,7 +44,7 @@ from md4.sampling.confident import ConfidentSampler
 from md4.sampling.draws import categorical, nucleus, prefix_init, time_grid
 from md4.sampling.exact import ExactSampler, next_unmask_time
 from md4.sampling.grid import GridSampler, Sampler, ancestral_step, mean_step
-from md4.sampling.network import Diffusion, Network, Trajectory
+from md4.sampling.network import Diffusion, Network, StepObserver, Trajectory
 from md4.sampling.options import (
     CATEGORICAL,
     DEFAULT_CATEGORICAL,
@@ -117,6 +119,7 @@ def sample(
     labels: torch.Tensor | None = None,
     guidance: float = DEFAULT_GUIDANCE,
     snapshots: int = 0,
+    on_step: Callable[[torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     device: torch.device | str | None = None,
@@ -141,6 +144,9 @@ def sample(
         guidance: classifier-free guidance weight: 1 conditions on the labels, 0 ignores them, > 1 follows them
             more closely (needs a model trained with label dropout).
         snapshots: keep this many states of the reverse process, from all-mask to the samples (for a picture).
+        on_step: called with a copy of z after each step that changes it (mask id V where still masked), so the
+            last call's z equals the returned tokens; for every sampler (a live view: ``md4 serve``). An
+            exception it raises stops sampling and propagates (a way to cancel).
         generator / seed: the source of randomness (one of them, or neither for the global RNG).
 
     Returns:
@@ -156,7 +162,22 @@ def sample(
     _check_in_order(model, in_order, temperature, guidance)
     chosen = None if in_order else get_sampler(sampler)
     mask_id = int(model.vocab_size)
-    shape = shape or model.data_shape
+    z = _start(model, num_samples, shape or model.data_shape, init, device)
+    if labels is not None:
+        _check_labels(labels, model.num_classes, z.shape[0])
+    generator = _resolve_generator(generator, seed, z.device)
+    trajectory = Trajectory(snapshots, mask_id)
+    observe = trajectory if on_step is None else StepObserver(trajectory, on_step)
+    if in_order:
+        tokens, nfe = left_to_right(model, z, options, generator, observe)
+        return SampleOutput(tokens=tokens, nfe=nfe, trajectory=trajectory.states)
+    net = Network(model, labels, guidance)
+    tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, observe)
+    return SampleOutput(tokens=tokens, nfe=net.nfe, trajectory=trajectory.states)
+
+
+def _start(model: Diffusion, num_samples: int | None, shape, init: torch.Tensor | None, device) -> torch.Tensor:
+    """z_1: a copy of ``init`` (checked), or ``num_samples`` all-mask examples of ``shape``."""
     if init is not None:
         check_tokens(init, model.vocab_size, allow_mask=True, name="init")
         if num_samples is not None and tuple(init.shape) != (num_samples, *(shape or init.shape[1:])):
@@ -164,24 +185,13 @@ def sample(
                 f"init has shape {tuple(init.shape)} but {num_samples} samples of shape {shape} were asked for; "
                 "pass init alone."
             )
-        z = init.clone().long()
-    else:
-        if num_samples is None or shape is None:
-            raise ValueError("Pass num_samples (and shape, unless the model has a data_shape), or init.")
-        if int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
-        device = torch.device(device) if device is not None else _model_device(model)
-        z = torch.full((int(num_samples), *shape), mask_id, dtype=torch.long, device=device)
-    if labels is not None:
-        _check_labels(labels, model.num_classes, z.shape[0])
-    generator = _resolve_generator(generator, seed, z.device)
-    trajectory = Trajectory(snapshots, mask_id)
-    if in_order:
-        tokens, nfe = left_to_right(model, z, options, generator, trajectory)
-        return SampleOutput(tokens=tokens, nfe=nfe, trajectory=trajectory.states)
-    net = Network(model, labels, guidance)
-    tokens = chosen.run(net, model.schedule, z, mask_id, options, generator, trajectory)
-    return SampleOutput(tokens=tokens, nfe=net.nfe, trajectory=trajectory.states)
+        return init.clone().long()
+    if num_samples is None or shape is None:
+        raise ValueError("Pass num_samples (and shape, unless the model has a data_shape), or init.")
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
+    device = torch.device(device) if device is not None else _model_device(model)
+    return torch.full((int(num_samples), *shape), int(model.vocab_size), dtype=torch.long, device=device)
 
 
 def _check_labels(labels: torch.Tensor, classes: int | None, num_samples: int) -> None:

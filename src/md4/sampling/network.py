@@ -1,5 +1,5 @@
 """The denoiser as the samplers see it: mu = softmax of the model's logits with classifier-free guidance, counting
-the network calls (NFE); and the snapshots of the reverse process."""
+the network calls (NFE); the snapshots of the reverse process, and the observer that reports each of its steps."""
 
 from __future__ import annotations
 
@@ -110,3 +110,20 @@ class Trajectory:
         done = float((z != self.mask_id).double().mean())
         while len(self.states) < self.count and done >= len(self.states) / (self.count - 1) - 1e-12:
             self.states.append(z.clone())
+
+
+class StepObserver:
+    """What a sampler calls with each state when :func:`md4.sample` has an ``on_step``: the snapshots as always,
+    and ``on_step`` with a copy of z whenever z differs from the state before (the first state is the start)."""
+
+    def __init__(self, trajectory: Trajectory, on_step: Callable[[torch.Tensor], None]):
+        self.trajectory, self.on_step = trajectory, on_step
+        self._last: torch.Tensor | None = None
+
+    def __call__(self, z: torch.Tensor) -> None:
+        self.trajectory(z)
+        if self._last is not None and torch.equal(self._last, z):
+            return
+        started, self._last = self._last is not None, z.clone()
+        if started:
+            self.on_step(z.clone())
