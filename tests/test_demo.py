@@ -29,8 +29,10 @@ def test_the_text_demo_trains_evaluates_samples_and_writes_its_summary(tmp_path,
     assert started == [False] and not result.interrupted and result.unit == "char"
     assert result.outputs["sample_prompted"].startswith(DEMO_PROMPT) and result.test_data.endswith("[test split]")
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert summary == result.summary and summary["test_bits_per_char"] == result.test.bits_per_token
-    assert summary["valid_bits_per_char"] == result.valid.bits_per_token
+    test = result.test  # the demo's BPE tokens: bits per character, comparable with a character model's
+    assert summary == result.summary and test.characters_per_token > 2
+    assert summary["test_bits_per_char"] == pytest.approx(test.bits_per_token / test.characters_per_token)
+    assert summary["valid_bits_per_char"] == result.valid.bits_per_char
     assert 0 <= summary["samples_known_word_share"] <= 1 and 0.8 < summary["test_known_word_share"] <= 1
     assert list(summary)[-4:] == ["sample_unconditional", "sample_prompted", "animation", "wall_seconds"]
     assert result.outputs["animation"] == str(tmp_path / "demo" / "demo-reverse.svg")

@@ -335,8 +335,9 @@ def preset_description(name: str) -> str:
     return " ".join(words)
 
 
-DEFAULT_PRESET = "shakespeare-char"  # the text demo's
-IMAGE_PRESET = "mnist"  # the image demo's: a small UNet, built for the shape of whatever images it gets
+DEFAULT_PRESET = "shakespeare-char"  # md4 train's
+IMAGE_PRESET = "mnist"  # md4 train's for images: a small UNet, built for the shape of whatever images it gets
+DEMO_PRESET, DEMO_IMAGE_PRESET = "demo-shakespeare", "demo-mnist"  # md4 demo's: each trains for a time limit
 
 
 def default_preset(data: str | None) -> str:

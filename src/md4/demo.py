@@ -1,8 +1,9 @@
-"""The CPU demo (``md4 demo``): train a small preset on its own data (or resume, or reuse, the run in its folder),
-evaluate the continuous-time bound (Eq. 4) on the valid and test splits, and sample: text with and without a prompt,
-or, for images, a grid with a row per class, an unconditional grid, the reverse process and an infilled test image;
-and the reverse process as an animation (``demo-reverse.svg`` or ``demo-reverse.gif``).
-Everything is summarised in the run's ``demo.json``."""
+"""The CPU demo (``md4 demo``): train a small preset on its own data for the preset's time limit (or resume, or
+reuse, the run in its folder), evaluate the continuous-time bound (Eq. 4) on the first examples of the valid and
+test splits, and sample: text with and without a prompt, and the share of the samples' words that are real; or, for
+images, a grid with a row per class judged by a classifier of the training images, an unconditional grid, the
+reverse process and an infilled test image; and the reverse process as an animation (``demo-reverse.svg`` or
+``demo-reverse.gif``). Everything is summarised in the run's ``demo.json``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from md4.config import DEFAULT_PRESET, IMAGE_PRESET, build_config, load_preset
+from md4.config import DEMO_IMAGE_PRESET, DEMO_PRESET, build_config, load_preset
 from md4.evaluate import BoundEstimate, evaluate_run, unit_of
 from md4.generation import animation, pictures
 from md4.generation.images import fill_image, sample_grid
@@ -35,7 +36,9 @@ UNCONDITIONAL_ROWS = 10  # image demo of an unconditional model: rows of the gri
 COMPLETIONS = 6  # image demo: completions of the infilled test image
 SCALE = 4  # image demo: pixel size in the PNGs
 ANIMATION_SCALE = 2  # image demo: pixel size in the reverse process's GIF (a smaller file)
-WORD_SAMPLES = 16  # text demo: samples whose words are looked up in the training text
+EVAL_EXAMPLES = 2048  # held-out sequences or images the bounds are estimated on, at most (the first ones)
+WORD_SAMPLES = 16
+CLASS_GUIDANCE = 2.0  # image demo: classifier-free guidance of the class grid (1 names 75% of its digits, 2 98%)  # text demo: samples whose words are looked up in the training text
 
 
 @dataclass
@@ -45,7 +48,7 @@ class DemoResult:
     run_dir: Path
     training: TrainResult
     summary: dict[str, Any] = field(default_factory=dict)  # demo.json's content; empty when training was interrupted
-    unit: str = "token"  # what a bit is counted per
+    unit: str = "token"  # what a bit is counted per: char for text, dim for images (see :func:`bits`)
     valid: BoundEstimate | None = None
     test: BoundEstimate | None = None
     test_data: str = ""  # the test split, described
@@ -90,20 +93,23 @@ def run_demo(
     progress: bool = True,
     on_start: Callable[[Trainer, bool], None] | None = None,
 ) -> DemoResult:
-    """Train the shakespeare-char preset (or mnist with ``images``) into ``run_dir`` (default:
+    """Train the demo-shakespeare preset (or demo-mnist with ``images``) for its time limit into ``run_dir`` (default:
     :func:`demo_run_dir`), then evaluate, sample and write ``demo.json``; a run interrupted by a signal stops
     after training (running the demo again continues it)."""
     run_dir = Path(run_dir or demo_run_dir(images))
     start = time.time()
-    training = train_demo(IMAGE_PRESET if images else DEFAULT_PRESET, run_dir, list(overrides), progress, on_start)
+    training = train_demo(DEMO_IMAGE_PRESET if images else DEMO_PRESET, run_dir, list(overrides), progress, on_start)
     if training.interrupted:
         return DemoResult(run_dir, training)
     run = load_run(run_dir)
+    batches = -(-EVAL_EXAMPLES // run.config.train.batch_size)
     valid, test = (
-        evaluate_run(run, split=split, steps=None, precision=run.config.train.precision) for split in ("valid", "test")
+        evaluate_run(run, split=split, steps=None, max_batches=batches, precision=run.config.train.precision)
+        for split in ("valid", "test")
     )
-    result = DemoResult(run_dir, training, unit=unit_of(run.codec), valid=valid.bounds["continuous"])
+    result = DemoResult(run_dir, training, valid=valid.bounds["continuous"])
     result.test, result.test_data = test.bounds["continuous"], test.data
+    result.unit = "char" if result.test.bits_per_char is not None else unit_of(run.codec)
     result.summary = {
         "run_dir": str(run_dir),
         "parameters": sum(p.numel() for p in run.model.parameters()),
@@ -111,9 +117,9 @@ def run_demo(
         "steps": training.step,
         "planned_steps": training.planned_steps,  # what train.time_limit (--minutes) allowed; None without one
         "train_tokens_per_second": round(training.tokens_per_second),
-        f"valid_bits_per_{result.unit}": result.valid.bits_per_token,
-        f"test_bits_per_{result.unit}": result.test.bits_per_token,
-        f"test_bits_per_{result.unit}_stderr": result.test.bits_per_token_stderr,
+        f"valid_bits_per_{result.unit}": bits(result.valid)[0],
+        f"test_bits_per_{result.unit}": bits(result.test)[0],
+        f"test_bits_per_{result.unit}_stderr": bits(result.test)[1],
         "test_sequences": result.test.num_sequences,
     }
     if images:
@@ -128,6 +134,14 @@ def run_demo(
     result.summary["wall_seconds"] = round(time.time() - start, 1)
     (run_dir / "demo.json").write_text(json.dumps(result.summary, indent=2))
     return result
+
+
+def bits(estimate: BoundEstimate) -> tuple[float, float]:
+    """A bound and its standard error in bits per character for text (comparable between character and BPE
+    models), else per dimension."""
+    if estimate.bits_per_char is not None:
+        return estimate.bits_per_char, estimate.bits_per_char_stderr
+    return estimate.bits_per_token, estimate.bits_per_token_stderr
 
 
 def demo_texts(run: LoadedRun, run_dir: Path) -> dict[str, str]:
@@ -158,10 +172,10 @@ def word_shares(run: LoadedRun) -> dict[str, float]:
 
 
 def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str, torch.Tensor]:
-    """The image demo's pictures: a grid with a row per class, an unconditional grid (guidance 0), the reverse
-    process of a sample of each class as a strip and of the whole class grid as a GIF, and completions of the bottom
-    half of a test image; their paths, the first sample as text, and the class grid's tokens. An unconditional
-    model draws both grids unconditionally."""
+    """The image demo's pictures: a grid with a row per class (guidance :data:`CLASS_GUIDANCE`), an unconditional
+    grid (guidance 0), the reverse process of a sample of each class as a strip and of the whole class grid as a
+    GIF, and completions of the bottom half of a test image; their paths, the first sample as text, and the class
+    grid's tokens. An unconditional model draws both grids unconditionally."""
     codec, model = run.codec, run.model
     conditional = model.num_classes is not None
     options: dict[str, Any] = {
@@ -171,8 +185,17 @@ def demo_images(run: LoadedRun, run_dir: Path) -> tuple[dict[str, str], str, tor
         "grid": "cosine",
     }
     num = UNCONDITIONAL_ROWS * PER_CLASS
+    guidance = CLASS_GUIDANCE if conditional else 1.0
     grid = sample_grid(
-        model, codec, num, strip=True, strip_every=PER_CLASS, snapshots=animation.IMAGE_SNAPSHOTS, seed=0, **options
+        model,
+        codec,
+        num,
+        strip=True,
+        strip_every=PER_CLASS,
+        snapshots=animation.IMAGE_SNAPSHOTS,
+        seed=0,
+        guidance=guidance,
+        **options,
     )
     free = sample_grid(model, codec, num, guidance=0.0 if conditional else 1.0, seed=1, **options)
     paths = {
