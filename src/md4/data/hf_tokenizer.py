@@ -1,5 +1,5 @@
 """Hugging Face ``tokenizers``: a byte-level BPE trained on a corpus, any pretrained tokenizer, and the codec that
-wraps either (needs md4[tokenizers]).
+wraps either (Hugging Face tokenizers, a dependency of md4).
 
 md4 holds a ``tokenizers.Tokenizer`` rather than a ``transformers.AutoTokenizer``: its JSON is the whole tokenizer
 (normaliser, pre-tokeniser, model, decoder, added tokens), so ``to_dict`` carries it and a run directory decodes
@@ -34,7 +34,8 @@ def _tokenizers() -> Any:
         import tokenizers
     except ImportError:
         raise DataError(
-            "data.tokenizer needs Hugging Face tokenizers; install it with pip install 'md4[tokenizers]'."
+            "data.tokenizer needs Hugging Face tokenizers, a dependency of md4; install it with "
+            "pip install 'tokenizers>=0.19'."
         ) from None
     return tokenizers
 
