@@ -228,7 +228,7 @@ def test_the_suite_writes_every_measurement_that_applies_into_the_run(runs, caps
         report = (runs.root / kind / "eval.md").read_text()
         assert code == 0, err
         assert bounds <= set(results) and [row["sampler"] for row in results["gen_ppl"]["rows"]] == samplers
-        assert set(results["not_measured"]) == {"FID and KID", "zero-shot perplexity"}
+        assert set(results["not_measured"]) == {"FID and KID", "zero-shot perplexity", "class accuracy"}
         bound = results[min(bounds)]  # continuous, or exact
         assert f"{bound['bits_per_token']:.4f} ± {bound['bits_per_token_stderr']:.4f}" in report
         assert all(f"| {name} |" in report for name in samplers) and "| held-out text (test) |" in report

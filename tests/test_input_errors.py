@@ -335,7 +335,7 @@ def test_every_preset_has_a_whole_sentence_for_md4_presets():
     for name in preset_names():
         description = preset_description(name)
         assert description.endswith(".") and len(description) < 200, (name, description)
-    assert preset_description("mnist").endswith("with a small UNet, ~25 min on 2 cores.")
+    assert preset_description("mnist").endswith("with a small UNet, ~25 min on 2 cores (md4 train's images preset).")
 
 
 def test_eval_of_a_character_run_is_in_bits_per_character_with_progress(text_run, capsys, monkeypatch):
