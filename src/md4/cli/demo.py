@@ -91,5 +91,5 @@ def steps_made(summary: dict) -> str:
     if planned is None:
         return f"{steps:,} steps"
     if steps < planned:
-        return f"{steps:,} of the {planned:,} steps planned for the time limit (the machine slowed down)"
+        return f"{steps:,} of the {planned:,} steps planned for the time limit (later steps ran slower than the first ones it was planned from)"
     return f"{steps:,} steps (planned for the time limit)"
