@@ -16,18 +16,8 @@ from playwright.sync_api import sync_playwright
 
 from md4.serve.app import build_app
 from md4.serve.catalog import load_runs
-from md4.serve.hosting import running
+from md4.serve.hosting import HEADLESS_CHROMIUM_ARGS, running
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TEMPLATE = (
     "ROMEO:\nBut soft, what light through ______ window breaks?\nIt is the ____, and Juliet is the ___.\n\nJULIET:\n"
 )
@@ -52,7 +42,7 @@ def main() -> None:
     out = Path(args.out)
     runs = load_runs([args.text_run, args.image_run])
     with running(build_app(runs)) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=args.chromium, args=ARGS)
+        browser = playwright.chromium.launch(executable_path=args.chromium, args=list(HEADLESS_CHROMIUM_ARGS))
         page = browser.new_page(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
         page.goto(url)
         page.wait_for_selector("#runs button.active")

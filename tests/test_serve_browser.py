@@ -11,19 +11,9 @@ import pytest
 
 from md4.serve.app import build_app
 from md4.serve.catalog import load_runs
-from md4.serve.hosting import running
+from md4.serve.hosting import HEADLESS_CHROMIUM_ARGS, running
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MISSING = [
     what
     for what, found in (
@@ -61,7 +51,7 @@ def browser(serve_runs):
         mp.setenv("MD4_CACHE_DIR", str(cache))
         runs = load_runs([str(text), str(digits)], device="cpu")
     with running(build_app(runs)) as url, sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=list(HEADLESS_CHROMIUM_ARGS))
         yield chromium, url
         chromium.close()
 

@@ -12,6 +12,18 @@ from contextlib import contextmanager
 from importlib.util import find_spec
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Headless chromium as the browser tests and the docs' screenshots start it: no sandbox (root), and none of its
+# background connections, which a closed network refuses many at a time
+HEADLESS_CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def require_stack() -> None:
