@@ -37,8 +37,8 @@ COMPLETIONS = 6  # image demo: completions of the infilled test image
 SCALE = 4  # image demo: pixel size in the PNGs
 ANIMATION_SCALE = 2  # image demo: pixel size in the reverse process's GIF (a smaller file)
 EVAL_EXAMPLES = 2048  # held-out sequences or images the bounds are estimated on, at most (the first ones)
-WORD_SAMPLES = 16
-CLASS_GUIDANCE = 2.0  # image demo: classifier-free guidance of the class grid (1 names 75% of its digits, 2 98%)  # text demo: samples whose words are looked up in the training text
+WORD_SAMPLES = 16  # text demo: samples whose words are looked up in the training text
+CLASS_GUIDANCE = 2.0  # image demo: classifier-free guidance of the class grid (1 names 75% of its digits, 2 98%)
 
 
 @dataclass
@@ -110,6 +110,7 @@ def run_demo(
     result = DemoResult(run_dir, training, valid=valid.bounds["continuous"])
     result.test, result.test_data = test.bounds["continuous"], test.data
     result.unit = "char" if result.test.bits_per_char is not None else unit_of(run.codec)
+    test_bits, test_stderr = bits(result.test)
     result.summary = {
         "run_dir": str(run_dir),
         "parameters": sum(p.numel() for p in run.model.parameters()),
@@ -118,8 +119,8 @@ def run_demo(
         "planned_steps": training.planned_steps,  # what train.time_limit (--minutes) allowed; None without one
         "train_tokens_per_second": round(training.tokens_per_second),
         f"valid_bits_per_{result.unit}": bits(result.valid)[0],
-        f"test_bits_per_{result.unit}": bits(result.test)[0],
-        f"test_bits_per_{result.unit}_stderr": bits(result.test)[1],
+        f"test_bits_per_{result.unit}": test_bits,
+        f"test_bits_per_{result.unit}_stderr": test_stderr,
         "test_sequences": result.test.num_sequences,
     }
     if images:

@@ -71,7 +71,7 @@ def print_samples(result: DemoResult, images: bool) -> None:
             named = " ".join(str(count) for count in judged.named)
             print(
                 f"class grid: {sum(judged.named)} of {judged.per_class * len(judged.named)} samples named as their "
-                f"row's class (per class 0-9: {named}) by a classifier of the training digits "
+                f"row's class (per class, in order: {named}) by a classifier of the training digits "
                 f"({judged.judge_test_accuracy:.1%} right on the test digits)"
             )
         return
