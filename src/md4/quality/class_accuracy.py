@@ -62,11 +62,16 @@ class Judge:
     test_accuracy: float
     seconds: float
 
-    @torch.no_grad()
     def classify(self, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
         """The predicted class of each image of tokens [N, H, W, C]."""
-        self.classifier.eval()
-        return self.classifier(as_input(tokens, self.levels)).argmax(dim=-1).numpy()
+        return predict(self.classifier, tokens, self.levels)
+
+
+@torch.no_grad()
+def predict(classifier: DigitClassifier, tokens: np.ndarray | torch.Tensor, levels: int) -> np.ndarray:
+    """The class ``classifier`` predicts for each image of tokens [N, H, W, C] in 0..levels-1."""
+    classifier.eval()
+    return classifier(as_input(tokens, levels)).argmax(dim=-1).numpy()
 
 
 def fit_judge(
@@ -89,10 +94,8 @@ def fit_judge(
         loss.backward()
         optimizer.step()
         schedule.step()
-    judge = Judge(classifier, levels, 0.0, 0.0)
-    judge.test_accuracy = float((judge.classify(test[0]) == np.asarray(test[1])).mean())
-    judge.seconds = time.perf_counter() - start
-    return judge
+    accuracy = float((predict(classifier, test[0], levels) == np.asarray(test[1])).mean())
+    return Judge(classifier, levels, accuracy, time.perf_counter() - start)
 
 
 def run_judge(loaded: LoadedRun, seed: int = 0) -> Judge:
